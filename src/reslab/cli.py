@@ -1,0 +1,57 @@
+"""The ``reslab`` command line: one subcommand per module of :mod:`reslab.commands`.
+
+Errors in the user's input print as one line (``reslab CMD: error: ...``) with exit status 1;
+bad flag values are argparse's usage errors, exit status 2. ``RESLAB_DEBUG=1`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Optional
+
+from reslab import __version__
+from reslab.errors import ReslabError
+
+# Subcommand name -> module. Order is the order of `reslab --help`.
+COMMANDS: dict[str, str] = {
+    "models": "reslab.commands.models",
+}
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults and keeps the paragraphs of descriptions."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reslab", formatter_class=_Formatter,
+        description="Residual networks: a model zoo, a fast CIFAR trainer and the experiments that explain them.\n"
+                    "Run `reslab COMMAND --help` for a command's options.")
+    parser.add_argument("--version", action="version", version=f"reslab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        summary = module.HELP.strip().split("\n")[0]
+        cmd = sub.add_parser(name, help=summary, description=module.HELP.strip(), formatter_class=_Formatter)
+        module.add_arguments(cmd)
+        cmd.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print(f"reslab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ReslabError, ValueError, OSError) as exc:
+        if os.environ.get("RESLAB_DEBUG"):
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"reslab {args.command}: error: {message}", file=sys.stderr)
+        return 1

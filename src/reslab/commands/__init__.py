@@ -1,0 +1,4 @@
+"""One module per ``reslab`` subcommand: ``HELP``, ``add_arguments(parser)`` and ``run(args)``.
+
+Modules import heavy dependencies inside ``run`` so that ``reslab --help`` stays quick.
+"""

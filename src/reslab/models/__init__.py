@@ -1,0 +1,3 @@
+"""The model zoo. Importing this package registers every family with :mod:`reslab.registry`."""
+
+from reslab.models import resnet  # noqa: F401

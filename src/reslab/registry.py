@@ -1,0 +1,137 @@
+"""One registry for every model of the zoo: ``create_model(name, **overrides)`` and
+``list_models(pattern)``, as in timm.
+
+A model family registers each named variant with :func:`register_model`, a decorator on a
+short builder ``def resnet20(**overrides) -> ResNet``. The builder's return annotation names
+the class it builds; the keyword arguments of that class (and of the builder) are the
+overrides a user may pass, so a misspelt override is caught before anything is built.
+Stochastic depth applies to every model with residual blocks and is handled here, once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+import re
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from torch import nn
+
+# Overrides that create_model handles itself for every model.
+STOCHASTIC_DEPTH_OVERRIDES = ("stochastic_depth", "drop_mode", "drop_scaling")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows of a model before building it."""
+
+    name: str
+    family: str
+    paper: str
+    input_size: int
+    published_params: Optional[float]
+    builder: Callable[..., nn.Module] = field(repr=False)
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def description(self) -> str:
+        return (inspect.getdoc(self.builder) or "").split("\n")[0]
+
+    def accepted_overrides(self) -> set[str]:
+        """Keyword arguments the builder accepts: its own, and the built class's with defaults."""
+        names = {p.name for p in inspect.signature(self.builder).parameters.values()
+                 if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        built = typing.get_type_hints(self.builder).get("return")
+        if isinstance(built, type):
+            names |= {p.name for p in inspect.signature(built.__init__).parameters.values()
+                      if p.default is not p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        return names | set(STOCHASTIC_DEPTH_OVERRIDES)
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_model(name: str, *, family: str, paper: str, input_size: int,
+                   published_params: Optional[float] = None, aliases: tuple[str, ...] = ()) -> Callable:
+    """Decorator that registers a builder under ``name`` (and ``aliases``)."""
+
+    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        for key in (name, *aliases):
+            if key in _REGISTRY or key in _ALIASES:
+                raise ValueError(f"model name {key!r} is registered twice")
+        _REGISTRY[name] = ModelInfo(name, family, paper, input_size, published_params, builder, tuple(aliases))
+        _ALIASES.update({alias: name for alias in aliases})
+        return builder
+
+    return decorate
+
+
+def _natural_key(name: str) -> list:
+    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", name)]
+
+
+def list_models(pattern: str = "*", family: Optional[str] = None) -> list[str]:
+    """Registered model names matching a shell-style ``pattern`` (e.g. ``'resnet*'``), in
+    natural order (resnet20 before resnet110)."""
+    _load_families()
+    names = [n for n, info in _REGISTRY.items()
+             if fnmatch.fnmatchcase(n, pattern) and (family is None or info.family == family)]
+    return sorted(names, key=_natural_key)
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registry entry for ``name`` or an alias of it; a close-match error otherwise."""
+    _load_families()
+    key = name.strip().lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    if key not in _REGISTRY:
+        candidates = list(_REGISTRY) + list(_ALIASES)
+        close = difflib.get_close_matches(key, candidates, n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} (`reslab models` lists all {len(_REGISTRY)})")
+    return _REGISTRY[key]
+
+
+def create_model(name: str, num_classes: Optional[int] = None, **overrides: Any) -> nn.Module:
+    """Build a registered model.
+
+    ``num_classes`` defaults to the model's own (10 for CIFAR nets, 1000 for ImageNet nets).
+    ``stochastic_depth=p_L`` gives every residual block the survival p_l = 1 - (l/L)(1 - p_L)
+    (Huang et al. 2016); ``drop_mode`` is ``'batch'`` (the paper) or ``'sample'`` (timm),
+    ``drop_scaling`` is ``'paper'`` or ``'inverted'``. Other overrides go to the model's
+    constructor; an unknown one raises an error listing the close matches.
+    """
+    from reslab.models.layers import set_stochastic_depth
+
+    info = model_info(name)
+    accepted = info.accepted_overrides()
+    for key in overrides:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, sorted(accepted), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"{info.name} has no option {key!r}{hint} (options: {', '.join(sorted(accepted))})")
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
+    sd = {k: overrides.pop(k) for k in STOCHASTIC_DEPTH_OVERRIDES if k in overrides}
+    model = info.builder(**overrides)
+    if sd.get("stochastic_depth") is not None:
+        set_stochastic_depth(model, sd["stochastic_depth"], sd.get("drop_mode", "batch"), sd.get("drop_scaling", "paper"))
+    elif set(sd) - {"stochastic_depth"}:
+        raise ValueError("drop_mode and drop_scaling need stochastic_depth=p_L (e.g. 0.5)")
+    return model
+
+
+_FAMILIES_LOADED = False
+
+
+def _load_families() -> None:
+    """Import the model modules, which register their variants (once, lazily)."""
+    global _FAMILIES_LOADED
+    if not _FAMILIES_LOADED:
+        _FAMILIES_LOADED = True
+        import reslab.models  # noqa: F401
