@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 
-def _number(text: str, kind: type) -> float:
+def _parse(text: str, kind: type) -> float:
     try:
         value = kind(text)
     except ValueError:
@@ -16,48 +17,25 @@ def _number(text: str, kind: type) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _bounded(kind: type, accept: Callable[[float], bool], requirement: str, name: str) -> Callable[[str], float]:
+    """An argparse type: ``kind(text)`` that satisfies ``accept``, else 'must be <requirement>'."""
+
+    def parse(text: str) -> float:
+        value = _parse(text, kind)
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def probability(text: str) -> float:
-    """A number in [0, 1)."""
-    value = _number(text, float)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def survival_probability(text: str) -> float:
-    """A number in (0, 1]."""
-    value = _number(text, float)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
+positive_int = _bounded(int, lambda v: v >= 1, "a positive integer", "positive_int")
+nonnegative_int = _bounded(int, lambda v: v >= 0, "0 or more", "nonnegative_int")
+positive_float = _bounded(float, lambda v: v > 0, "greater than 0", "positive_float")
+nonnegative_float = _bounded(float, lambda v: v >= 0, "0 or more", "nonnegative_float")
+probability = _bounded(float, lambda v: 0 <= v < 1, "in [0, 1)", "probability")
+survival_probability = _bounded(float, lambda v: 0 < v <= 1, "in (0, 1]", "survival_probability")
 
 
 def int_list(text: str) -> list[int]:

@@ -1,0 +1,60 @@
+"""The command line frame: help on every subcommand, one-line errors, the models table."""
+
+import subprocess
+import sys
+
+import pytest
+
+from reslab.cli import COMMANDS, main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "reslab", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS)
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: reslab " + command) and len(out.splitlines()) > 3
+
+
+def test_models_table_lists_matching_models(capsys):
+    assert main(["models", "resnet2*"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["model", "family"]
+    names = [line.split()[0] for line in lines[1:]]
+    assert names == ["resnet20"]
+    assert "269,722" in lines[1] and "40.55M" in lines[1]
+
+
+def test_models_markdown_and_json(capsys):
+    import json
+
+    assert main(["models", "resnet56", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["params"] == 853_018 and rows[0]["published_params"] == 0.85e6
+    assert main(["models", "resnet56", "--format", "markdown"]) == 0
+    assert capsys.readouterr().out.startswith("| model | family |")
+
+
+def test_user_error_is_one_line_with_status_1():
+    result = run_cli("models", "no-such-model*")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "reslab models: error: no model matches 'no-such-model*'"
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_choice_is_a_usage_error_with_status_2():
+    result = run_cli("models", "--format", "xml")
+    assert result.returncode == 2 and "invalid choice" in result.stderr and "Traceback" not in result.stderr
