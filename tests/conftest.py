@@ -32,3 +32,12 @@ def tiny_cifar(tmp_path_factory) -> Path:
 def small_cifar(tmp_path_factory) -> Path:
     """A larger slice for tests that must see learning: 200 train and 50 test images per class."""
     return copy_cifar_slice(tmp_path_factory.mktemp("small_cifar"), 200, 50)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_data_cache(tmp_path_factory):
+    """Decoded-data caches of the tests' temporary slices go to a temporary folder, not ~/.cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RESLAB_CACHE", str(tmp_path_factory.mktemp("reslab-cache")))
+    yield
+    patch.undo()

@@ -1,0 +1,182 @@
+"""Batches gathered from a data set held as one tensor: reproducible, resumable, shardable.
+
+As in airbench, there is no DataLoader and no worker process: the uint8 data set is moved to the
+device once, and each batch is one gather plus whole-batch augmentation (:mod:`reslab.data.augment`).
+
+Everything random is a pure function of the position in the stream of batches:
+
+* epoch ``e``'s order is ``randperm(N)`` from a generator seeded by ``(seed, e)``, the same on
+  every rank; rank ``r`` of ``W`` takes every W-th sample of it (disjoint, equal shards);
+* batch ``b`` of epoch ``e`` on rank ``r`` is augmented from a generator seeded by
+  ``(seed, e, b, r)``.
+
+So the loader's whole state is ``{epoch, batches_done}``, and a run resumed from it, at an epoch
+boundary or in the middle of one, sees exactly the batches an uninterrupted run would have seen.
+Random draws are made on the CPU and moved to the device, so CPU and GPU runs agree too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from reslab.data.augment import PADDING_MODES, crop_flip, cutout_, draw_augmentation, normalize, pad_images
+from reslab.data.dataset import ImageDataset
+
+
+def derived_seed(*numbers: int) -> int:
+    """A 63-bit seed that depends on every number given (and their order); stable across runs."""
+    digest = hashlib.blake2b(repr(tuple(int(n) for n in numbers)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def seeded_generator(*numbers: int) -> torch.Generator:
+    """A CPU generator seeded by :func:`derived_seed` of ``numbers``."""
+    return torch.Generator().manual_seed(derived_seed(*numbers))
+
+
+class BatchLoader:
+    """Yields ``(images, labels)``: float32 ``[B, 3, H, W]`` normalised by ``mean``/``std`` (channels_last
+    memory format if asked) and int64 ``[B]``, on ``device``.
+
+    Train mode: a new permutation each epoch, and per batch a random crop of the image padded by
+    ``crop_padding`` (``padding_mode`` 'zeros', as He et al. 2016, or 'reflect', as Wide ResNets),
+    a horizontal flip with probability 1/2 (``flip``) and, if ``cutout`` > 0, a ``cutout x cutout``
+    square set to zero after normalisation (DeVries & Taylor 2017). ``drop_last`` defaults to True.
+
+    Eval mode: no augmentation, the data set's own order, every sample (``drop_last`` False).
+
+    Iterating moves a cursor (epoch, batches done) through an endless stream of epochs: a finished
+    pass moves it to the start of the next epoch; ``set_epoch(e)`` moves it to the start of epoch e
+    unless it is already inside epoch e (so ``load_state_dict`` then ``set_epoch`` of the same epoch
+    continues mid-epoch). Eval loaders always yield the whole set from the first batch.
+
+    Distributed: with ``world_size`` W > 1, ``batch_size`` is the global batch and each rank yields
+    ``batch_size // W`` samples per batch. In train mode each epoch's permutation is cut to a
+    multiple of W (at most W - 1 samples left out, different ones each epoch) so all ranks take
+    the same number of batches; in eval mode every sample is kept and shard sizes differ by at
+    most one (sum correct counts over ranks).
+    """
+
+    def __init__(self, dataset: ImageDataset, batch_size: int, *, train: bool, mean: Sequence[float],
+                 std: Sequence[float], device: str | torch.device = "cpu", crop_padding: int = 4,
+                 padding_mode: str = "zeros", flip: bool = True, cutout: int = 0, seed: int = 0,
+                 drop_last: bool | None = None, rank: int = 0, world_size: int = 1,
+                 channels_last: bool = True) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in range for world_size {world_size}")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} is not divisible by world_size {world_size}; "
+                             "the global batch is split equally between ranks")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        if crop_padding < 0 or cutout < 0:
+            raise ValueError(f"crop_padding and cutout must be >= 0, got {crop_padding} and {cutout}")
+        mean_t = torch.as_tensor(mean, dtype=torch.float32)
+        std_t = torch.as_tensor(std, dtype=torch.float32)
+        channels = dataset.images.shape[-1]
+        if mean_t.shape != (channels,) or std_t.shape != (channels,) or not bool((std_t > 0).all()):
+            raise ValueError(f"mean and std need {channels} values each, std > 0; got {tuple(mean)} and {tuple(std)}")
+        if len(dataset) == 0:
+            raise ValueError(f"{dataset.source or 'data set'} is empty: nothing to load")
+
+        self.device = torch.device(device)
+        self.train = train
+        self.batch_size = batch_size // world_size  # per rank
+        self.global_batch_size = batch_size
+        self.drop_last = train if drop_last is None else drop_last
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.channels_last = channels_last
+        self.num_classes = dataset.num_classes
+        self.height, self.width = dataset.image_size
+        self.mean, self.std = mean_t.to(self.device), std_t.to(self.device)
+        self.crop_padding = crop_padding if train else 0
+        self.flip = flip and train
+        self.cutout = cutout if train else 0
+        self.num_examples = len(dataset)
+        # The only copy of the data kept: on the device, padded once for the crops when training.
+        self.images = pad_images(dataset.images.to(self.device), self.crop_padding, padding_mode)
+        self.labels = dataset.labels.to(self.device)
+        self.epoch = 0
+        self.batches_done = 0
+        if len(self) == 0:
+            raise ValueError(f"no full batch of {self.batch_size} in the {self.samples_per_rank} samples of each rank of "
+                             f"{dataset.source or 'the data set'}; lower batch_size or pass drop_last=False")
+
+    # -------------------------------------------------------------------- sizes and position
+    @property
+    def samples_per_rank(self) -> int:
+        """Samples this rank sees per epoch (before ``drop_last``)."""
+        if self.train:
+            return self.num_examples // self.world_size
+        return len(range(self.rank, self.num_examples, self.world_size))
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        if self.drop_last:
+            return self.samples_per_rank // self.batch_size
+        return math.ceil(self.samples_per_rank / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move to the start of ``epoch``, or stay where we are if already inside it."""
+        if epoch != self.epoch:
+            self.epoch, self.batches_done = int(epoch), 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        epoch, done = int(state["epoch"]), int(state["batches_done"])
+        if epoch < 0 or not 0 <= done <= len(self):
+            raise ValueError(f"loader state {state} does not fit this loader ({len(self)} batches per epoch)")
+        self.epoch, self.batches_done = epoch, done
+
+    # -------------------------------------------------------------------- the batches
+    def epoch_indices(self, epoch: int) -> Tensor:
+        """This rank's sample indices for ``epoch``, in order (CPU int64)."""
+        if not self.train:
+            return torch.arange(self.rank, self.num_examples, self.world_size)
+        order = torch.randperm(self.num_examples, generator=seeded_generator(self.seed, epoch))
+        usable = self.num_examples - self.num_examples % self.world_size
+        return order[self.rank:usable:self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if not self.train:
+            yield from self._batches(epoch=0, start=0)
+            return
+        if self.batches_done >= len(self):  # a state saved after the last batch of an epoch
+            self.epoch, self.batches_done = self.epoch + 1, 0
+        epoch = self.epoch
+        for batch in self._batches(epoch, self.batches_done):
+            self.batches_done += 1
+            yield batch
+        self.epoch, self.batches_done = epoch + 1, 0
+
+    def _batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+        order = self.epoch_indices(epoch).to(self.device)
+        for b in range(start, len(self)):
+            indices = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield self.assemble(indices, epoch, b), self.labels[indices]
+
+    def assemble(self, indices: Tensor, epoch: int = 0, batch: int = 0) -> Tensor:
+        """The normalised (and in train mode augmented) images at ``indices`` (on the device),
+        augmented as batch ``batch`` of ``epoch`` on this rank."""
+        params = None
+        if self.train and (self.crop_padding or self.flip or self.cutout):
+            params = draw_augmentation(len(indices), self.height, self.width, padding=self.crop_padding,
+                                       flip=self.flip, cutout=self.cutout,
+                                       generator=seeded_generator(self.seed, epoch, batch, self.rank))
+            params = params.to(self.device)
+            pixels = crop_flip(self.images, indices, params, self.height, self.width)
+        else:
+            pixels = self.images.index_select(0, indices)
+        images = normalize(pixels, self.mean, self.std)
+        if self.cutout:
+            cutout_(images, params, self.cutout)
+        return images if self.channels_last else images.contiguous()
