@@ -129,3 +129,21 @@ def test_branch_disabled_block_is_identity_and_routes_restrict_gradient():
             assert torch.equal(xi.grad, (y > 0).float())
         else:
             assert not torch.equal(xi.grad, (y > 0).float())
+
+
+def test_gradient_checkpointing_replays_the_same_drop_decisions():
+    """The recomputed forward pass restores the RNG state, so per-batch drops are drawn identically."""
+    import copy
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", stochastic_depth=0.5)
+    checkpointed = copy.deepcopy(model)
+    checkpointed.grad_checkpoint = True
+    x = torch.randn(4, 3, 32, 32)
+    for m in (model, checkpointed):
+        torch.manual_seed(5)
+        m(x).sum().backward()
+    for a, b in zip(model.parameters(), checkpointed.parameters()):
+        assert (a.grad is None) == (b.grad is None)
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad, atol=1e-5)

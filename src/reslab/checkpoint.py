@@ -171,7 +171,7 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], Optional[ModelCa
     ``'card'`` (the card's JSON), as reslab's training checkpoints do.
     """
     path = resolve_checkpoint_path(path)
-    if _is_safetensors(path):
+    if is_safetensors(path):
         from safetensors import SafetensorError, safe_open
 
         try:
@@ -182,15 +182,7 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], Optional[ModelCa
             raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); it may be truncated") from None
         card_json = metadata.get(CARD_KEY)
         return state, ModelCard.from_json(card_json, str(path)) if card_json else None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise CheckpointError(
-            f"refusing to load {path}: it holds pickled objects other than tensors, which could run code "
-            f"({first_line[:160]}). Load only files you trust, or convert them to safetensors") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({str(exc).splitlines()[0][:160]}); it may be truncated") from None
+    obj = load_torch_file(path)
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         card = obj.get("card")
         return dict(obj["model"]), ModelCard.from_json(card, str(path)) if isinstance(card, str) else None
@@ -199,7 +191,22 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], Optional[ModelCa
     raise CheckpointError(f"{path} holds no state dict (expected a mapping of names to tensors)")
 
 
-def _is_safetensors(path: Path) -> bool:
+def load_torch_file(path: PathLike) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU: tensors and plain containers only. A file
+    holding other pickled objects (which could run code) is refused with a CheckpointError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
+        raise CheckpointError(
+            f"refusing to load {path}: it holds pickled objects other than tensors, which could run code "
+            f"({first_line[:160]}). Load only files you trust, or convert them to safetensors") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({str(exc).splitlines()[0][:160]}); it may be truncated") from None
+
+
+def is_safetensors(path: Path) -> bool:
+    """By suffix, or by the header: 8 bytes of length, then JSON."""
     if path.suffix == ".safetensors":
         return True
     with open(path, "rb") as f:
