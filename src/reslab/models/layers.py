@@ -147,8 +147,6 @@ class ResidualBlock(nn.Module):
       values are unchanged.
     """
 
-    downsample: Optional[nn.Module]
-
     def __init__(self) -> None:
         super().__init__()
         self.downsample = None
