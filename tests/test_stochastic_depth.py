@@ -147,3 +147,19 @@ def test_gradient_checkpointing_replays_the_same_drop_decisions():
         assert (a.grad is None) == (b.grad is None)
         if a.grad is not None:
             assert torch.allclose(a.grad, b.grad, atol=1e-5)
+
+
+def test_dropped_preactivation_unit_skips_its_bn_relu():
+    """A dropped identity unit costs nothing: its pre-activation BN is not run (stats untouched)."""
+    model = create_model("preact_resnet110").train()
+    identity_unit = residual_blocks(model)[1][1]
+    assert identity_unit.downsample is None
+    identity_unit.branch_enabled = False
+    before = identity_unit.preact[0].running_mean.clone()
+    x = torch.randn(2, 16, 32, 32)
+    assert torch.equal(identity_unit(x), x)
+    assert torch.equal(identity_unit.preact[0].running_mean, before)
+    downsampling = next(b for _, b in residual_blocks(model) if b.downsample is not None)
+    downsampling.branch_enabled = False
+    out = downsampling(torch.randn(2, downsampling.preact[0].num_features, 32, 32))
+    assert out.shape[1] == downsampling.downsample[0].out_channels  # the projection still runs

@@ -161,21 +161,72 @@ class ResidualBlock(nn.Module):
         """Inputs of (shortcut, branch); the same tensor unless pre-activation shares a BN."""
         return x, x
 
+    def shortcut_input(self, x: Tensor) -> Tensor:
+        """The shortcut's input alone, for a dropped or deleted branch (so that, e.g., a
+        pre-activation unit without projection skips its BN-ReLU)."""
+        return self.split(x)[0]
+
     def merge(self, identity: Tensor, residual: Optional[Tensor]) -> Tensor:
         """h(x) + F(x); ``residual`` is ``None`` where the branch is dropped or deleted."""
         return identity if residual is None else identity + residual
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.branch_enabled or not self.drop_path.keep_batch():
+            shortcut_in = self.shortcut_input(x)
+            return self.merge(shortcut_in if self.downsample is None else self.downsample(shortcut_in), None)
         shortcut_in, branch_in = self.split(x)
         identity = shortcut_in if self.downsample is None else self.downsample(shortcut_in)
-        if not self.branch_enabled or not self.drop_path.keep_batch():
-            return self.merge(identity, None)
         residual = self.drop_path(self.residual(branch_in))
         if self.gradient_route == "skip":
             residual = residual.detach()
         elif self.gradient_route == "branch":
             identity = identity.detach()
         return self.merge(identity, residual)
+
+
+class ClassifierNet(nn.Module):
+    """Base of the zoo's networks: ``forward_features`` (the subclass's stem and stages), then
+    global average pooling, optional dropout and ``fc`` -- timm's ``forward_features`` /
+    ``forward_head`` / ``reset_classifier`` interface on every model."""
+
+    def _build_head(self, num_features: int, num_classes: int, dropout: float = 0.0) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"head dropout must be in [0, 1), got {dropout}")
+        self.num_features = num_features
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.head_dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.fc = nn.Linear(num_features, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        return self.fc(self.head_dropout(self.avgpool(x).flatten(1)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised ``fc`` with ``num_classes`` outputs (fine-tuning)."""
+        self.fc = nn.Linear(self.num_features, num_classes)
+
+
+def init_weights(model: nn.Module, zero_init_residual: bool = False) -> None:
+    """He (fan-out) initialisation of convolutions (He et al. 2015b), BN weight 1 and bias 0;
+    with ``zero_init_residual``, each residual branch's last layer starts at zero (Goyal et al.
+    2017), so every block starts as the identity."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    if zero_init_residual:
+        for m in model.modules():
+            if isinstance(m, ResidualBlock) and hasattr(m, "zero_init_last"):
+                m.zero_init_last()
 
 
 def residual_blocks(model: nn.Module) -> list[tuple[str, ResidualBlock]]:

@@ -63,6 +63,9 @@ class PreActivation:
         preactivated = self.preact(x)
         return (x if self.downsample is None else preactivated), preactivated
 
+    def shortcut_input(self, x: Tensor) -> Tensor:
+        return x if self.downsample is None else self.preact(x)
+
     def zero_init_last(self) -> None:
         """Zero the branch's last conv, so the unit starts as the identity."""
         nn.init.zeros_(getattr(self, self.last_layers[0]).weight)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from reslab.models.layers import ResidualBlock, conv1x1, conv3x3, make_shortcut
+from reslab.models.layers import ClassifierNet, ResidualBlock, conv1x1, conv3x3, init_weights, make_shortcut
 from reslab.registry import register_model
 
 HE2015 = "He et al. 2015, Deep Residual Learning"
@@ -116,7 +116,7 @@ class PlainBlock(BasicLayers, nn.Module):
         return F.relu(self.residual(x))
 
 
-class ResNet(nn.Module):
+class ResNet(ClassifierNet):
     """Stem, stages ``layer1..layerN`` of blocks, global average pooling and ``fc``.
 
     ``block`` is any block class taking ``(in_channels, planes, stride, shortcut, groups,
@@ -153,10 +153,8 @@ class ResNet(nn.Module):
         if len(depths) != len(planes) or not 1 <= len(depths) <= MAX_STAGES or min(depths) < 1:
             raise ValueError(f"need 1 to {MAX_STAGES} stages, one positive depth and width each; "
                              f"got depths={list(depths)} planes={list(planes)}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-        if not 0.0 <= dropout < 1.0 or not 0.0 <= head_dropout < 1.0:
-            raise ValueError("dropout probabilities must be in [0, 1)")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         preact = getattr(block, "preactivation", False)
         self.grad_checkpoint = grad_checkpoint
 
@@ -180,26 +178,9 @@ class ResNet(nn.Module):
             self.add_module(name, nn.Sequential(*blocks))
         for i in range(len(depths), MAX_STAGES):  # absent stages: no parameters, no state-dict keys
             self.add_module(f"layer{i + 1}", nn.Identity())
-        self.num_features = width
         self.final_bn = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(inplace=True)) if preact else nn.Identity()
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.head_dropout = nn.Dropout(head_dropout) if head_dropout else nn.Identity()
-        self.fc = nn.Linear(width, num_classes)
-        self._init_weights(zero_init_residual)
-
-    def _init_weights(self, zero_init_residual: bool) -> None:
-        """He (fan-out) init for convs, BN to (1, 0); optionally zero each branch's last BN
-        (Goyal et al. 2017), so every residual block starts as the identity."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        if zero_init_residual:
-            for m in self.modules():
-                if isinstance(m, ResidualBlock) and hasattr(m, "zero_init_last"):
-                    m.zero_init_last()
+        self._build_head(width, num_classes, head_dropout)
+        init_weights(self, zero_init_residual)
 
     @torch.jit.unused
     def stages(self) -> list[nn.Module]:
@@ -219,15 +200,6 @@ class ResNet(nn.Module):
         else:  # written out so that the model scripts
             x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.final_bn(x)
-
-    def forward_head(self, x: Tensor) -> Tensor:
-        return self.fc(self.head_dropout(self.avgpool(x).flatten(1)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes)
 
 
 # ---------------------------------------------------------------------------------------
