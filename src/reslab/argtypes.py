@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import math
 from collections.abc import Callable
+from typing import Any
 
 
 def _parse(text: str, kind: type) -> float:
@@ -47,3 +49,15 @@ def int_list(text: str) -> list[int]:
     if not values or min(values) < 0:
         raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers, got {text!r}")
     return values
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    """'key=value' with value a Python literal (number, True, None, 'text') or plain text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. shortcut=B, got {text!r}")
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    return key.strip(), parsed

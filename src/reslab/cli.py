@@ -18,6 +18,18 @@ from reslab.errors import ReslabError
 # Subcommand name -> module. Order is the order of `reslab --help`.
 COMMANDS: dict[str, str] = {
     "models": "reslab.commands.models",
+    "predict": "reslab.commands.predict",
+    "export": "reslab.commands.export",
+    "bench": "reslab.commands.bench",
+    "train": "reslab.commands.train",
+    "eval": "reslab.commands.eval",
+    "plot": "reslab.commands.plot",
+    "lesion": "reslab.commands.lesion",
+    "paths": "reslab.commands.paths",
+    "responses": "reslab.commands.responses",
+    "degradation": "reslab.commands.degradation",
+    "sdepth": "reslab.commands.sdepth",
+    "report": "reslab.commands.report",
 }
 
 

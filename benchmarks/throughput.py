@@ -1,0 +1,103 @@
+"""Training throughput, end to end (data + step), of the baseline loop and of ``reslab train``,
+measured in one run on one machine.
+
+Three loops train ResNet-20 on CIFAR-10 for ``--warmup`` iterations, then are timed over
+``--iterations`` more:
+
+* ``baseline``: :mod:`baseline_loop` (per-image Pillow augmentation in a 2-worker DataLoader,
+  fp32, NCHW, batch 128);
+* ``reslab fast``: ``reslab train resnet20`` with the fast recipe's settings (batch 256, bf16
+  autocast, channels_last, whole-batch tensor augmentation);
+* ``reslab paper``: the same trainer with the paper recipe's batch of 128.
+
+The reslab numbers come from the trainer itself (``train()``, its ``steps.jsonl`` intervals),
+not from a copy of its loop. Test-time flips are turned off (they cost evaluation time only).
+
+    python benchmarks/throughput.py --data ../shared/datasets/cifar10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import baseline_loop  # noqa: E402
+
+
+def reslab_speed(data: str, recipe: str, iterations: int, warmup: int, **overrides) -> float:
+    """Images/s of ``reslab train resnet20 --recipe RECIPE`` over the iterations after the warm-up."""
+    from reslab.train import TrainConfig, train
+
+    with tempfile.TemporaryDirectory() as out:
+        config = TrainConfig.from_recipe(recipe, model="resnet20", data=data, out=out, iterations=warmup + iterations,
+                                         log_interval=warmup, tta_flip=False, progress="quiet", **overrides)
+        if iterations % warmup:
+            raise ValueError("--iterations must be a multiple of --warmup (steps.jsonl logs every --warmup iterations)")
+        train(config)
+        intervals = [json.loads(line) for line in (Path(out) / "steps.jsonl").read_text().splitlines()][1:]
+    images = warmup * config.batch_size
+    return len(intervals) * images / sum(images / s["img_per_s"] for s in intervals)
+
+
+def cpu_name() -> str:
+    from reslab.train.state import cpu_name as name
+
+    return name()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="../shared/datasets/cifar10")
+    parser.add_argument("--iterations", type=int, default=30, help="timed iterations per loop")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first (and the logging interval)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time every loop this many times, in turn, and keep each loop's best (for shared machines)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for every loop; 0 = torch's default")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also time the fast recipe with --deterministic, and in fp32 NCHW")
+    parser.add_argument("--fast-batch-sizes", type=lambda t: [int(b) for b in t.split(",")], default=[],
+                        metavar="B,B", help="also time the fast recipe at these batch sizes (lr scaled linearly)")
+    parser.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
+    args = parser.parse_args()
+
+    from reslab.data import load_dataset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train_set = load_dataset(args.data, "train", progress=False)
+    images, labels = train_set.images.numpy(), train_set.labels.numpy()
+    runs = [("fast recipe (bf16, channels_last, batch 256)", "fast", {}),
+            ("paper recipe (bf16, channels_last, batch 128)", "paper", {})]
+    if args.ablations:
+        runs += [("fast recipe --deterministic", "fast", {"deterministic": True}),
+                 ("fast recipe --precision fp32 --no-channels-last", "fast", {"precision": "fp32", "channels_last": False})]
+    runs += [(f"fast recipe at batch {b}", "fast", {"batch_size": b}) for b in args.fast_batch_sizes]
+    baseline_name = "baseline (Pillow per image, 2 workers, fp32 NCHW, batch 128)"
+    speeds: dict[str, list[float]] = {baseline_name: [], **{f"reslab train, {name}": [] for name, _, _ in runs}}
+    for _ in range(args.repeats):
+        speeds[baseline_name].append(baseline_loop.measure(images, labels, args.iterations, args.warmup))
+        for name, recipe, overrides in runs:
+            speeds[f"reslab train, {name}"].append(reslab_speed(
+                args.data, recipe, args.iterations, args.warmup, threads=args.threads, **overrides))
+    best = {name: max(values) for name, values in speeds.items()}
+    machine = (f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+               f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"machine: {machine}")
+    print(f"ResNet-20 training, images/s end to end over {args.iterations} iterations after {args.warmup} of warm-up"
+          + (f", best of {args.repeats}" if args.repeats > 1 else "") + ":")
+    for name, speed in best.items():
+        print(f"  {name:62s} {speed:7.0f} img/s  {speed / best[baseline_name]:4.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine, "images_per_s": speeds}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

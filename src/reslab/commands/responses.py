@@ -1,0 +1,42 @@
+HELP = """Standard deviation of each block's response (He et al. 2015, Fig. 7), for several networks.
+
+A residual block's response is its residual F(x) after the branch's last layer and before the
+addition; a plain block's is the output of its last BN before the ReLU. The std is taken over
+all elements of the responses to the test images, per block, and shown in network order and
+sorted in descending order, one line per CHECKPOINT (e.g. plain-56, ResNet-56, pre-activation
+ResNet-56). Writes responses.json and responses.png into --out.
+"""
+
+import argparse
+
+from reslab.commands.eval import add_data_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="model files or run folders")
+    add_data_arguments(parser)
+    parser.add_argument("--out", default="results/responses", metavar="DIR", help="output folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from reslab.analysis.plots import write_json
+    from reslab.analysis.report import to_text
+    from reslab.analysis.responses import plot_responses, responses_study
+    from reslab.commands.eval import load_checkpoint_batches, load_images
+
+    dataset = load_images(args)
+    models = {}
+    for path in args.checkpoints:
+        model, card, _, batches = load_checkpoint_batches(path, dataset, args)
+        label = card.model if card.model not in models else f"{card.model} ({path})"
+        models[label] = (model, batches)
+    result = responses_study(models, bf16=not args.fp32)
+    result["checkpoints"] = list(args.checkpoints)
+    out = Path(args.out)
+    write_json(out / "responses.json", result)
+    plot_responses(result, out / "responses.png")
+    print(to_text(result))
+    print(f"wrote {out / 'responses.json'} and {out / 'responses.png'}")
+    return 0

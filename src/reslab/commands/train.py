@@ -1,0 +1,147 @@
+HELP = """Train a model of the zoo on CIFAR-10 (or any class-folder data set) with a named recipe.
+
+Recipes (`--list-recipes` prints their values): paper (He et al. 2015: 64k iterations, batch 128,
+lr 0.1 /10 at 32k and 48k), preact (He et al. 2016), wrn (Zagoruyko & Komodakis 2016), resnext
+(Xie et al. 2017), stochastic-depth (Huang et al. 2016) and fast (ours: 20 epochs, batch 256,
+warm-up then linear decay, for a good accuracy in the least CPU time; the default). Every
+recipe value has a flag that overrides it; milestones and warm-up are fractions of the run.
+The run folder gets config.json, metrics.jsonl (per epoch), steps.jsonl (per --log-interval
+iterations), checkpoint.pt, model.safetensors (latest) and best.safetensors.
+
+  reslab train resnet20 --data ../shared/datasets/cifar10 --out runs/r20
+  reslab train resnet110 --recipe paper --val 5000 --data DATA --out runs/r110
+  reslab train resnet56 --seeds 0,1,2 --data DATA --out runs/r56      # DIR/summary.json: mean +- std
+  torchrun --nproc-per-node 2 -m reslab train resnet20 --data DATA --out runs/ddp
+
+Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and exits (status 130 / 143);
+`reslab train --resume DIR` continues the run exactly where it stopped.
+"""
+
+import argparse
+import sys
+import typing
+from dataclasses import fields, replace
+from typing import Any, Optional
+
+from reslab.argtypes import int_list, key_value
+
+# Flags that may change on --resume: how the run is shown and how fast it runs, not what it computes.
+RESUME_FLAGS = ("threads", "progress", "tensorboard", "log_interval")
+# Config fields with their own arguments (or none).
+SPECIAL_FIELDS = ("model", "recipe", "model_args")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from reslab.train.config import RECIPES, TrainConfig, field_types
+
+    parser.add_argument("model", nargs="?", metavar="MODEL", help="registered model name (`reslab models`)")
+    parser.add_argument("--recipe", choices=list(RECIPES), help="named recipe to start from (default: fast)")
+    parser.add_argument("--model-arg", action="append", default=[], type=key_value, metavar="KEY=VALUE",
+                        help="a create_model override, e.g. shortcut=B or zero_init_residual=True (repeatable)")
+    parser.add_argument("--seeds", type=int_list, metavar="0,1,2",
+                        help="train once per seed into DIR/seed<k>/ and write DIR/summary.json")
+    parser.add_argument("--resume", metavar="DIR", help="continue the stopped run in DIR (only "
+                        + ", ".join("--" + f.replace("_", "-") for f in RESUME_FLAGS) + " may be given with it)")
+    parser.add_argument("--list-recipes", action="store_true", help="print the recipes' values and exit")
+    fast = TrainConfig.from_recipe("fast")
+    types = field_types()
+    group = parser.add_argument_group("run values", "each overrides the recipe's value (shown for fast)")
+    for f in fields(TrainConfig):
+        if f.name in SPECIAL_FIELDS:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        text = f"{f.metadata['help']} [fast: {getattr(fast, f.name)}]"
+        kind = types[f.name]
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+        else:
+            group.add_argument(flag, type=_parser_for(kind), choices=f.metadata.get("choices"),
+                               default=argparse.SUPPRESS, help=text, metavar=_metavar(f.name, kind, f.metadata))
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from reslab.train import TrainConfig, TrainingInterrupted, train, train_seeds
+    from reslab.train.config import describe_recipes
+    from reslab.train.seeds import SEEDS_FILE, read_seeds
+    from reslab.train.state import read_config
+
+    if args.list_recipes:
+        print(describe_recipes())
+        return 0
+    names = {f.name for f in fields(TrainConfig)} - set(SPECIAL_FIELDS)
+    given = {k: v for k, v in vars(args).items() if k in names}
+    try:
+        if args.resume:
+            extra = sorted(set(given) - set(RESUME_FLAGS))
+            if args.model or args.model_arg or args.seeds or args.recipe or extra:
+                flags = (["MODEL"] if args.model else []) + ["--" + k.replace("_", "-") for k in extra]
+                raise ValueError(f"--resume continues the run as it was configured in {args.resume}/config.json; "
+                                 f"leave out {', '.join(flags) or '--model-arg/--seeds/--recipe'} (allowed with --resume: "
+                                 + ", ".join("--" + f.replace("_", "-") for f in RESUME_FLAGS) + ")")
+            out = Path(args.resume)
+            if (out / SEEDS_FILE).exists():
+                config, seeds = read_seeds(out)
+                return _report(train_seeds(replace(config, **given), seeds, resume=True))
+            return _report(train(replace(read_config(out), **given), resume=True))
+        if not args.model:
+            raise ValueError("give the MODEL to train (e.g. resnet20; `reslab models` lists them), or --resume DIR")
+        for required in ("data", "out"):
+            if required not in given:
+                raise ValueError(f"--{required} is required (see `reslab train --help`)")
+        config = TrainConfig.from_recipe(args.recipe or "fast", model=args.model, model_args=dict(args.model_arg), **given)
+        if args.seeds:
+            return _report(train_seeds(config, args.seeds))
+        return _report(train(config))
+    except TrainingInterrupted as stopped:
+        print(f"reslab train: {stopped}", file=sys.stderr)
+        return stopped.exit_status
+
+
+def _report(result: dict[str, Any]) -> int:
+    from reslab.train.distributed import detect
+
+    if not detect().is_main:
+        return 0
+    if "test_errors" in result:  # several seeds
+        print(f"final test error over seeds {result['seeds']}: {100 * result['test_error_mean']:.2f}% "
+              f"+- {100 * result['test_error_std']:.2f}% (mean +- std)")
+    elif result:
+        best = result.get("best", {})
+        note = (f"; best val error {100 * best['val_error']:.2f}% at epoch {best['epoch'] + 1} "
+                f"(test error there {100 * best['test_error']:.2f}%)" if "val_error" in best else "")
+        print(f"final test accuracy {100 * result['test_accuracy']:.2f}% (error {100 * result['test_error']:.2f}%) "
+              f"after {result['iteration']} iterations{note}")
+    return 0
+
+
+def _parser_for(kind: Any):
+    """An argparse ``type=`` for a TrainConfig field's annotation."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) is typing.Union and type(None) in args:  # Optional[X]: 'none' is None
+        inner = _parser_for(next(a for a in args if a is not type(None)))
+
+        def optional(text: str) -> Any:
+            return None if text.lower() == "none" else inner(text)
+
+        return optional
+    if typing.get_origin(kind) is tuple:
+        return _float_list
+    return {int: int, float: float, str: str}[kind]
+
+
+def _metavar(name: str, kind: Any, metadata: Any) -> Optional[str]:
+    if "choices" in metadata:
+        return None
+    if name in ("data", "out", "cache_dir"):
+        return "PATH"
+    text = str(kind)
+    return "A,B" if "tuple" in text else "N" if "int" in text else "X" if "float" in text else "TEXT"
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(tok) for tok in text.split(",") if tok.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.5,0.75, got {text!r}") from None

@@ -1,0 +1,266 @@
+"""The training configuration: one dataclass, and the papers' recipes as data.
+
+Every knob of a run is a field of :class:`TrainConfig`; a *recipe* is a named set of field
+values (:data:`RECIPES`), and ``TrainConfig.from_recipe(name, **overrides)`` applies the recipe
+and then the overrides. The command line has one flag per field (``--batch-size``, ``--lr``,
+``--schedule``...), and a run saves its resolved config in ``DIR/config.json``.
+
+Schedule positions (``milestones``, ``warmup``) are fractions of the run, so a recipe keeps its
+shape when ``--epochs`` changes: He et al.'s 32k and 48k of 64k iterations are 0.5 and 0.75.
+The learning rate ``lr`` is the peak for ``base_batch_size`` images; another ``batch_size``
+scales it linearly (Goyal et al. 2017), and the run says so when it starts.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Optional
+
+from reslab.train.schedules import SHAPES, LowLrStart, Schedule, scale_lr
+
+PRECISIONS = ("bf16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
+PADDING_MODES = ("zeros", "reflect")
+PROGRESS_MODES = ("auto", "bar", "plain", "quiet")
+
+
+def _help(text: str, **extra: Any) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Defaults are plain SGD with the C10+ augmentation;
+    the named recipes set the rest."""
+
+    # What to train, on what, where.
+    model: str = field(default="resnet20", metadata=_help("registered model name (`reslab models`)"))
+    data: str = field(default="", metadata=_help("data set folder with train/ and test/ (CIFAR-10 as class folders)"))
+    out: str = field(default="", metadata=_help("run folder: config, metrics, checkpoints"))
+    recipe: str = field(default="", metadata=_help("the named recipe these values started from"))
+    model_args: dict[str, Any] = field(default_factory=dict, metadata=_help("extra create_model overrides"))
+    stochastic_depth: Optional[float] = field(default=None, metadata=_help(
+        "survival probability p_L of the last block (Huang et al. 2016; 0.5 in the paper); none = off"))
+    dropout: Optional[float] = field(default=None, metadata=_help("dropout between a block's convolutions (WRN); none = model default"))
+
+    # Length: exactly one of the two.
+    epochs: Optional[float] = field(default=30, metadata=_help("length of the run in epochs (or give --iterations)"))
+    iterations: Optional[int] = field(default=None, metadata=_help("length of the run in iterations (He et al.: 64000)"))
+
+    # Optimiser: SGD with momentum.
+    batch_size: int = field(default=128, metadata=_help("global mini-batch size (split over the processes)"))
+    base_batch_size: int = field(default=128, metadata=_help("batch size --lr is meant for; other batch sizes scale lr linearly"))
+    lr: float = field(default=0.1, metadata=_help("peak learning rate at --base-batch-size"))
+    momentum: float = field(default=0.9, metadata=_help("SGD momentum"))
+    nesterov: bool = field(default=False, metadata=_help("Nesterov momentum"))
+    weight_decay: float = field(default=1e-4, metadata=_help("L2 weight decay"))
+    decay_norm_and_bias: bool = field(default=True, metadata=_help(
+        "apply weight decay to BN weights and biases too (the papers' code does)"))
+
+    # Schedule, stepped per iteration; positions are fractions of the run.
+    schedule: str = field(default="step", metadata=_help("learning-rate curve", choices=SHAPES))
+    milestones: tuple[float, ...] = field(default=(0.5, 0.75), metadata=_help(
+        "step schedule: fractions of the run where lr is multiplied by --gamma"))
+    gamma: float = field(default=0.1, metadata=_help("step schedule: factor at each milestone"))
+    warmup: float = field(default=0.0, metadata=_help("fraction of the run spent in linear warm-up"))
+    warmup_start: float = field(default=0.0, metadata=_help("lr factor at the first warm-up step"))
+    final_lr: float = field(default=0.0, metadata=_help("cosine/linear/one-cycle: lr factor at the end"))
+    momentum_low: float = field(default=0.85, metadata=_help("one-cycle: momentum at the peak learning rate"))
+    low_lr: Optional[float] = field(default=None, metadata=_help(
+        "He et al.'s start: this lr (at --base-batch-size) until training error < --low-lr-until-error; none = off"))
+    low_lr_until_error: Optional[float] = field(default=0.8, metadata=_help(
+        "end the low-lr start when the running training error falls below this; none = after the cap"))
+    low_lr_max_iterations: int = field(default=500, metadata=_help("cap of the low-lr start in iterations"))
+    low_lr_min_depth: int = field(default=110, metadata=_help("the low-lr start applies to models of at least this many layers"))
+
+    # Regularisation and test-time extras (all off in the paper recipes).
+    label_smoothing: float = field(default=0.0, metadata=_help("label smoothing of the training loss (Szegedy et al. 2016)"))
+    mixup: float = field(default=0.0, metadata=_help("mixup alpha (Zhang et al. 2018); 0 = off"))
+    cutmix: float = field(default=0.0, metadata=_help("CutMix alpha (Yun et al. 2019); 0 = off; with --mixup, one of the two per batch"))
+    ema_decay: float = field(default=0.0, metadata=_help("exponential moving average of the weights, decay per step; 0 = off"))
+    tta_flip: bool = field(default=False, metadata=_help("evaluate on each image and its mirror image, averaging the logits"))
+
+    # Data.
+    val: int = field(default=0, metadata=_help("hold out this many training images for validation (He et al.: 5000)"))
+    train_subset: int = field(default=0, metadata=_help("train on a class-balanced subset of this many images; 0 = all"))
+    crop_padding: int = field(default=4, metadata=_help("pixels of padding for the random crop"))
+    padding_mode: str = field(default="zeros", metadata=_help("padding of the random crop", choices=PADDING_MODES))
+    flip: bool = field(default=True, metadata=_help("random horizontal flips"))
+    cutout: int = field(default=0, metadata=_help("cutout square size in pixels (DeVries & Taylor 2017); 0 = off"))
+    cache_dir: Optional[str] = field(default=None, metadata=_help("folder of the decoded data set cache; none = reslab's default"))
+    download: bool = field(default=False, metadata=_help("download CIFAR-10/100 into --data if it is missing (by the folder's name)"))
+
+    # Runtime: how fast, how reproducible, what is logged.
+    seed: int = field(default=0, metadata=_help("seed of weights, data order and augmentation"))
+    device: str = field(default="auto", metadata=_help("where to train", choices=DEVICES))
+    precision: str = field(default="bf16", metadata=_help("bf16 autocast or fp32", choices=PRECISIONS))
+    channels_last: bool = field(default=True, metadata=_help("NHWC memory format (faster convolutions)"))
+    compile: bool = field(default=False, metadata=_help("torch.compile the model"))
+    deterministic: bool = field(default=False, metadata=_help("bit-reproducible kernels (torch.use_deterministic_algorithms)"))
+    threads: int = field(default=0, metadata=_help("CPU threads per process; 0 = torch's default"))
+    eval_batch_size: int = field(default=1000, metadata=_help("batch size of evaluation"))
+    eval_interval: int = field(default=1, metadata=_help("evaluate every this many epochs (and after the last)"))
+    log_interval: int = field(default=50, metadata=_help("iterations between lines of steps.jsonl"))
+    sync_bn: bool = field(default=False, metadata=_help("synchronised batch norm across processes"))
+    skip_nonfinite: bool = field(default=False, metadata=_help("skip a step whose loss is not finite instead of stopping"))
+    progress: str = field(default="auto", metadata=_help("bar on a terminal, plain lines otherwise", choices=PROGRESS_MODES))
+    tensorboard: bool = field(default=False, metadata=_help("also log to TensorBoard (DIR/tensorboard)"))
+
+    def __post_init__(self) -> None:
+        self.milestones = tuple(float(m) for m in self.milestones)
+        self.model_args = dict(self.model_args)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that makes no sense."""
+        for name in ("schedule", "precision", "device", "padding_mode", "progress"):
+            choices = next(f for f in fields(self) if f.name == name).metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if (self.epochs is None) == (self.iterations is None):
+            raise ValueError("give the length of the run as epochs or as iterations, not both and not neither")
+        if (self.epochs is not None and self.epochs <= 0) or (self.iterations is not None and self.iterations < 1):
+            raise ValueError("the run must last more than zero epochs or iterations")
+        for name in ("batch_size", "base_batch_size", "eval_batch_size", "eval_interval", "log_interval", "low_lr_max_iterations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("val", "train_subset", "crop_padding", "cutout", "threads", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        for name in ("momentum", "momentum_low", "label_smoothing", "ema_decay", "warmup", "warmup_start", "final_lr", "gamma"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if any(not 0 < m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"milestones are increasing fractions of the run in (0, 1), e.g. 0.5,0.75; got {list(self.milestones)}")
+        if self.stochastic_depth is not None and not 0 < self.stochastic_depth <= 1:
+            raise ValueError(f"stochastic_depth is the last block's survival probability in (0, 1], got {self.stochastic_depth}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("Nesterov momentum needs a momentum above 0")
+
+    # -------------------------------------------------------------------------------------
+    @classmethod
+    def from_recipe(cls, name: str, **overrides: Any) -> "TrainConfig":
+        """The recipe's values, then ``overrides``. Giving ``epochs`` clears the recipe's
+        ``iterations`` and the other way round."""
+        if name not in RECIPES:
+            raise ValueError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}")
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"TrainConfig has no field {', '.join(sorted(unknown))}")
+        values = {**RECIPES[name], "recipe": name}
+        if "epochs" in overrides and "iterations" not in overrides:
+            values["iterations"] = None
+        if "iterations" in overrides and "epochs" not in overrides:
+            values["epochs"] = None
+        return cls(**{**values, **overrides})
+
+    def total_iterations(self, iterations_per_epoch: int) -> int:
+        return self.iterations or max(1, round(self.epochs * iterations_per_epoch))
+
+    def build_schedule(self, iterations_per_epoch: int) -> Schedule:
+        """The learning-rate curve of this run, in iterations (the peak scaled to the batch size)."""
+        total = self.total_iterations(iterations_per_epoch)
+        peak = scale_lr(self.lr, self.batch_size, self.base_batch_size)[0]
+        return Schedule(peak, total, self.schedule, round(self.warmup * total), self.warmup_start,
+                        tuple(round(m * total) for m in self.milestones), self.gamma, self.final_lr,
+                        self.momentum, self.momentum_low)
+
+    def build_low_lr_start(self, depth: int) -> Optional[LowLrStart]:
+        """He et al.'s low-lr start, for a model of ``depth`` layers if the recipe asks for it there."""
+        if self.low_lr is None or depth < self.low_lr_min_depth:
+            return None
+        low_lr = scale_lr(self.low_lr, self.batch_size, self.base_batch_size)[0]
+        return LowLrStart(low_lr, self.low_lr_until_error, self.low_lr_max_iterations)
+
+    def model_overrides(self) -> dict[str, Any]:
+        """The keyword arguments of ``create_model`` (recorded in the model card)."""
+        extra = {"stochastic_depth": self.stochastic_depth, "dropout": self.dropout}
+        return {**self.model_args, **{k: v for k, v in extra.items() if v is not None}}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["milestones"] = list(self.milestones)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source} has fields this reslab does not know: {', '.join(unknown)} (written by another version?)")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+
+def field_types() -> dict[str, Any]:
+    """Each field's type annotation, resolved (for building command-line flags)."""
+    return typing.get_type_hints(TrainConfig)
+
+
+# ----------------------------------------------------------------------------------------
+# Recipes. Each states the values it sets on top of TrainConfig's defaults, with its source.
+
+# The CIFAR recipe the papers share: SGD momentum 0.9, batch 128, lr 0.1 stepped down, C10+
+# augmentation, weight decay on every parameter (as their Caffe/Torch code), no extras.
+_SGD_STEP = dict(batch_size=128, base_batch_size=128, lr=0.1, momentum=0.9, nesterov=False, decay_norm_and_bias=True,
+                 schedule="step", milestones=(0.5, 0.75), gamma=0.1, warmup=0.0, label_smoothing=0.0, ema_decay=0.0,
+                 tta_flip=False, mixup=0.0, cutmix=0.0, padding_mode="zeros", cutout=0, low_lr=None)
+
+# He et al. 2015, sec. 4.2: wd 1e-4, lr 0.1 divided by 10 at 32k and 48k iterations, stop at 64k.
+# ResNet-110 and deeper: 0.01 until the training error is below 80% ("about 400 iterations"),
+# then 0.1; the cap of 500 iterations only guards against never getting there.
+_PAPER = dict(_SGD_STEP, epochs=None, iterations=64000, weight_decay=1e-4, low_lr=0.01, low_lr_until_error=0.8,
+              low_lr_max_iterations=500, low_lr_min_depth=110)
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": _PAPER,
+    # He et al. 2016 (pre-activation), appendix: the same schedule; the 0.01 start is for the
+    # 1001-layer nets.
+    "preact": dict(_PAPER, low_lr_min_depth=1001),
+    # Zagoruyko & Komodakis 2016, sec. 4: Nesterov 0.9, wd 5e-4, lr 0.1 x0.2 at epochs 60, 120,
+    # 160 of 200, reflection padding, dropout 0.3 between the convolutions.
+    "wrn": dict(_SGD_STEP, epochs=200, iterations=None, nesterov=True, weight_decay=5e-4, milestones=(0.3, 0.6, 0.8),
+                gamma=0.2, padding_mode="reflect", dropout=0.3),
+    # Xie et al. 2017, sec. 5.3: 300 epochs, lr 0.1 divided by 10 at 150 and 225, wd 5e-4.
+    "resnext": dict(_SGD_STEP, epochs=300, iterations=None, weight_decay=5e-4),
+    # Huang et al. 2016, sec. 4: 500 epochs, lr 0.1 divided by 10 at 250 and 375, wd 1e-4,
+    # Nesterov 0.9, survival falling linearly to p_L = 0.5, one drop decision per mini-batch.
+    "stochastic-depth": dict(_SGD_STEP, epochs=500, iterations=None, nesterov=True, weight_decay=1e-4,
+                             stochastic_depth=0.5),
+    # Ours: the least wall time to a good accuracy on a few CPU cores. A starting point, to be
+    # tuned by measurement (every value is a flag):
+    # - 20 epochs instead of 160-200: with a schedule that decays to zero, most of the accuracy
+    #   of a long run arrives in a short one (the fast CIFAR trainers run 10-50 epochs).
+    # - batch 256: on these CPUs the images/s of ResNet-20 barely change from batch 128 to 512
+    #   (`python benchmarks/throughput.py --fast-batch-sizes 128,256,512`), so a mid-size batch
+    #   buys twice the steps of 512 for free; lr 0.2 is 0.1 x 256/128 (the linear scaling
+    #   rule), reached by a linear warm-up over the first 15% of the run (from 0.02) that keeps
+    #   the early large steps stable, then a straight line down to 0.
+    # - Nesterov, label smoothing 0.1 and wd 5e-4 on conv/linear weights only (decaying BN
+    #   scales and biases only shrinks them): the usual short-schedule choices.
+    # - flip test-time augmentation: a cheap gain at evaluation, as in airbench.
+    "fast": dict(_SGD_STEP, epochs=20, iterations=None, batch_size=256, base_batch_size=256, lr=0.2, nesterov=True,
+                 weight_decay=5e-4, decay_norm_and_bias=False, schedule="linear", milestones=(), warmup=0.15,
+                 warmup_start=0.1, final_lr=0.0, label_smoothing=0.1, tta_flip=True),
+}
+
+
+def describe_recipes() -> str:
+    """A table of the recipes' main values (for ``reslab train --list-recipes``)."""
+    columns = ("epochs", "iterations", "batch_size", "lr", "nesterov", "weight_decay", "decay_norm_and_bias",
+               "schedule", "milestones", "gamma", "warmup", "label_smoothing", "tta_flip", "low_lr")
+    rows = [["recipe", *columns]]
+    for name in RECIPES:
+        config = TrainConfig.from_recipe(name)
+        rows.append([name, *(str(getattr(config, c)) for c in columns)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)

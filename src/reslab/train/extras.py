@@ -1,0 +1,81 @@
+"""Opt-in training extras, off in the paper recipes: an exponential moving average of the
+weights, and batched mixup / CutMix.
+
+* :class:`ModelEma`: Polyak averaging with an exponential weight (as in timm's ``ModelEmaV2``):
+  after each step ``ema = decay * ema + (1 - decay) * live``. Batch-norm running statistics are
+  averaged the same way (they describe recent live weights, and the average of them matches the
+  averaged weights better than the live statistics); integer buffers (``num_batches_tracked``)
+  are copied.
+* :func:`mix_batch`: mixup (Zhang et al. 2018, "mixup: Beyond Empirical Risk Minimization") or
+  CutMix (Yun et al. 2019, sec. 3.1) of a whole batch with a permutation of itself, one mixing
+  ratio per batch drawn from Beta(alpha, alpha), with a generator seeded by the iteration, so a
+  resumed run draws the same.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from reslab.checkpoint import unwrap
+
+
+class ModelEma:
+    """An exponential moving average of a model's weights and floating-point buffers."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.module = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+        self._float = [t for t in self.module.state_dict().values() if t.is_floating_point()]
+        self._other = [t for t in self.module.state_dict().values() if not t.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        live = unwrap(model).state_dict().values()
+        torch._foreach_lerp_(self._float, [t for t in live if t.is_floating_point()], 1.0 - self.decay)
+        for mine, theirs in zip(self._other, [t for t in live if not t.is_floating_point()]):
+            mine.copy_(theirs)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.module.load_state_dict(state)
+
+
+def mix_batch(images: Tensor, labels: Tensor, *, mixup: float, cutmix: float,
+              seed: int) -> tuple[Tensor, Tensor, float]:
+    """``(mixed images, partner labels, lam)``: the loss is ``lam * CE(labels) + (1 - lam) *
+    CE(partner labels)``. With both alphas set, one of the two is chosen per batch."""
+    rng = random.Random(seed)
+    use_cutmix = cutmix > 0 and (mixup == 0 or rng.random() < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    lam = rng.betavariate(alpha, alpha)
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).to(labels.device)
+    partner = images.index_select(0, perm)
+    if use_cutmix:
+        height, width = images.shape[-2:]
+        cut_h, cut_w = int(height * math.sqrt(1 - lam)), int(width * math.sqrt(1 - lam))
+        cy, cx = rng.randrange(height), rng.randrange(width)
+        top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+        left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+        images = images.clone()
+        images[..., top:bottom, left:right] = partner[..., top:bottom, left:right]
+        lam = 1.0 - (bottom - top) * (right - left) / (height * width)  # the area actually kept
+    else:
+        images = images * lam + partner * (1.0 - lam)
+    return images, labels.index_select(0, perm), lam
+
+
+def mixed_loss(logits: Tensor, labels: Tensor, partner: Optional[Tensor], lam: float, label_smoothing: float) -> Tensor:
+    """Cross-entropy of ``logits``, for mixed targets when ``partner`` labels are given."""
+    loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    if partner is None:
+        return loss
+    return lam * loss + (1.0 - lam) * F.cross_entropy(logits, partner, label_smoothing=label_smoothing)

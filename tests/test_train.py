@@ -1,0 +1,351 @@
+"""The trainer on small slices of the real CIFAR-10: learning, files, exact resume, signals,
+non-finite losses, full disks, several seeds and two processes. ResNet-20, one thread, a few
+dozen iterations per run."""
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from reslab import load_model, read_checkpoint
+from reslab.cli import main
+from reslab.errors import ReslabError, TrainingError
+from reslab.train import TrainConfig, TrainingInterrupted, train, trainer
+from reslab.train.state import read_config
+from reslab.train.trainer import describe_groups, parameter_groups
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
+    """2 epochs of 6 iterations of 32 images (tiny_cifar has 200 training images)."""
+    values = dict(model="resnet20", data=str(data), out=str(out), epochs=2, batch_size=32, base_batch_size=32, lr=0.05,
+                  threads=1, progress="plain", log_interval=2, tta_flip=False, eval_batch_size=500)
+    return TrainConfig.from_recipe("fast", **{**values, **overrides})
+
+
+# A config that uses every source of randomness a resume must restore: the model's own draws
+# (stochastic depth per batch, dropout), mixup, and the EMA and momentum state.
+STRICT = dict(stochastic_depth=0.7, dropout=0.1, mixup=0.2, ema_decay=0.9)
+
+
+def final_weights(out: Path) -> dict:
+    return torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ: {different[:5]}"
+
+
+def metric_lines(out: Path, name: str = "metrics.jsonl") -> list[dict]:
+    return [json.loads(line) for line in (out / name).read_text().splitlines()]
+
+
+class SignalAt:
+    """Sends this process a signal after the backward pass of one iteration or at one epoch's end."""
+
+    def __init__(self, iteration=None, epoch=None, signum=signal.SIGTERM):
+        self.iteration, self.epoch, self.signum = iteration, epoch, signum
+
+    def after_backward(self, model, iteration):
+        if iteration == self.iteration:
+            os.kill(os.getpid(), self.signum)
+
+    def on_epoch_end(self, epoch, metrics):
+        if epoch == self.epoch:
+            os.kill(os.getpid(), self.signum)
+
+
+class GradientRecorder:
+    """The mean |gradient| of the first block's first convolution, averaged per epoch."""
+
+    def __init__(self):
+        self.values = []
+
+    def after_backward(self, model, iteration):
+        self.values.append(model.layer1[0].conv1.weight.grad.abs().mean().item())
+
+    def on_epoch_end(self, epoch, metrics):
+        mean, self.values = sum(self.values) / len(self.values), []
+        return {"first_block_grad": mean}
+
+
+# ------------------------------------------------------------------------------------------
+# One real run on small_cifar, inspected by several tests.
+
+
+@pytest.fixture(scope="module")
+def small_run(small_cifar, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r20"
+    # batch 64 with the fast recipe's lr 0.2 for batch 256: the lr is scaled to 0.05 (and says so)
+    config = TrainConfig.from_recipe("fast", model="resnet20", data=str(small_cifar), out=str(out), epochs=2,
+                                     batch_size=64, val=200, threads=1, progress="plain", log_interval=5)
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = train(config, callbacks=[GradientRecorder()])
+    return config, out, result, printed.getvalue()
+
+
+def test_training_learns_above_chance(small_run):
+    _, out, result, _ = small_run
+    assert result["test_accuracy"] > 0.2  # 10 classes: chance is 0.1
+    steps = metric_lines(out, "steps.jsonl")
+    assert steps[-1]["train_error"] < steps[0]["train_error"] - 0.1
+
+
+def test_start_messages_say_how_lr_was_scaled_and_show_parameter_groups(small_run):
+    printed = small_run[3]
+    assert "learning rate scaled linearly 0.2 x 64/256 = 0.05" in printed
+    assert "parameter groups: weights: 20 tensors, 268,336 parameters, weight decay 0.0005; norm_and_bias: 39 tensors" in printed
+
+
+def test_metrics_lines_have_every_field(small_run):
+    _, out, result, _ = small_run
+    lines = metric_lines(out)
+    assert [m["epoch"] for m in lines] == [0, 1]
+    assert [m["iteration"] for m in lines] == [28, 56]  # 1,800 training images / 64 = 28 batches per epoch
+    expected = {"epoch", "iteration", "lr", "train_loss", "train_error", "val_loss", "val_error", "test_loss", "test_error",
+                "test_accuracy", "img_per_s", "epoch_seconds", "eval_seconds", "wall_seconds", "skipped_steps", "first_block_grad"}
+    assert set(lines[0]) == expected
+    assert all(m["first_block_grad"] > 0 and 0 <= m["test_error"] <= 1 for m in lines)
+    assert lines[-1]["test_error"] == result["test_error"]  # the reported result is the final epoch's
+    assert result["best"]["epoch"] in (0, 1) and "val_error" in result["best"]
+
+
+def test_steps_lines_log_every_interval(small_run):
+    _, out, _, _ = small_run
+    steps = metric_lines(out, "steps.jsonl")
+    assert [s["iteration"] for s in steps] == list(range(5, 57, 5))
+    assert set(steps[0]) == {"iteration", "epoch", "lr", "train_loss", "train_error", "img_per_s", "skipped_steps"}
+
+
+def test_config_json_round_trips_and_records_the_environment(small_run):
+    config, out, _, _ = small_run
+    saved = json.loads((out / "config.json").read_text())
+    assert read_config(out) == config
+    assert {"torch_version", "device", "threads", "reslab_version", "git_commit"} <= set(saved["environment"])
+    assert saved["environment"]["threads"] == 1
+
+
+def test_checkpoint_and_model_files_load_safely(small_run):
+    config, out, _, _ = small_run
+    state = torch.load(out / "checkpoint.pt", weights_only=True)  # tensors and plain containers only
+    assert {"model", "card", "optimizer", "ema", "progress", "rng", "config"} <= set(state)
+    weights, card = read_checkpoint(out / "checkpoint.pt")
+    assert card.model == "resnet20" and card.class_names == sorted(p.name for p in (Path(config.data) / "train").iterdir())
+    model, card = load_model(out)  # model.safetensors
+    assert card.config["batch_size"] == 64 and len(card.mean) == 3
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    assert (out / "best.safetensors").is_file()
+
+
+def test_parameter_groups_exclude_bn_and_biases_only_when_asked():
+    from reslab import create_model
+
+    model = create_model("resnet20")
+    split = parameter_groups(model, 5e-4, decay_norm_and_bias=False)
+    assert [g["name"] for g in split] == ["weights", "norm_and_bias"]
+    assert all(p.ndim > 1 for p in split[0]["params"]) and all(p.ndim == 1 for p in split[1]["params"])
+    assert split[1]["weight_decay"] == 0 and id(model.fc.bias) in {id(p) for p in split[1]["params"]}
+    assert sum(len(g["params"]) for g in split) == len(list(model.parameters()))
+    paper = parameter_groups(model, 1e-4, decay_norm_and_bias=True)
+    assert len(paper) == 1 and len(paper[0]["params"]) == len(list(model.parameters()))
+    assert "all: 59 tensors, 269,722 parameters, weight decay 0.0001" in describe_groups(paper)
+
+
+# ------------------------------------------------------------------------------------------
+# Resume: stopped and resumed runs end with exactly the weights of an uninterrupted run.
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_cifar, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "run"
+    train(tiny_config(tiny_cifar, out, **STRICT))
+    return out
+
+
+@pytest.mark.parametrize("stop", [SignalAt(iteration=3), SignalAt(epoch=0)], ids=["mid-epoch", "epoch-boundary"])
+def test_stop_and_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny_cifar, tmp_path, reference_run, stop):
+    config = tiny_config(tiny_cifar, tmp_path / "run", **STRICT)
+    with pytest.raises(TrainingInterrupted, match="Continue with: reslab train --resume") as stopped:
+        train(config, callbacks=[stop])
+    assert stopped.value.exit_status == 143
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["progress"]
+    assert saved["iteration"] == (4 if stop.iteration == 3 else 6)
+    train(read_config(tmp_path / "run"), resume=True)
+    assert_same_weights(final_weights(tmp_path / "run"), final_weights(reference_run))
+    resumed, reference = metric_lines(tmp_path / "run"), metric_lines(reference_run)
+    assert [(m["iteration"], m["train_loss"], m["test_error"]) for m in resumed] == \
+           [(m["iteration"], m["train_loss"], m["test_error"]) for m in reference]
+
+
+def test_sigterm_from_outside_saves_a_checkpoint_and_exits_143(tiny_cifar, tmp_path, reference_run):
+    out, ready, sent = tmp_path / "run", tmp_path / "ready", tmp_path / "sent"
+    flags = ["--epochs", "2", "--batch-size", "32", "--base-batch-size", "32", "--lr", "0.05", "--threads", "1",
+             "--progress", "plain", "--log-interval", "2", "--no-tta-flip", "--eval-batch-size", "500",
+             "--stochastic-depth", "0.7", "--dropout", "0.1", "--mixup", "0.2", "--ema-decay", "0.9"]
+    # The command line, with a callback that waits at iteration 3 until the test has sent SIGTERM.
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        import reslab.train
+
+        class WaitForSignal:
+            def after_backward(self, model, iteration):
+                if iteration == 3:
+                    Path({str(ready)!r}).touch()
+                    for _ in range(600):
+                        if Path({str(sent)!r}).exists():
+                            return
+                        time.sleep(0.05)
+
+        real_train = reslab.train.train
+        reslab.train.train = lambda config, callbacks=(), **kw: real_train(config, [WaitForSignal(), *callbacks], **kw)
+        from reslab.cli import main
+        sys.exit(main(["train", "resnet20", "--data", {str(tiny_cifar)!r}, "--out", {str(out)!r}, *{flags!r}]))
+        """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ready.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    sent.touch()
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "Traceback" not in stderr and f"Continue with: reslab train --resume {out}" in stderr
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["progress"]["iteration"] == 4
+    assert main(["train", "--resume", str(out)]) == 0
+    assert_same_weights(final_weights(out), final_weights(reference_run))
+
+
+def test_resume_rejects_flags_that_would_change_the_run(tiny_cifar, tmp_path, capsys, reference_run):
+    assert main(["train", "--resume", str(reference_run), "--lr", "0.2", "--threads", "1"]) == 1
+    error = capsys.readouterr().err
+    assert "leave out --lr" in error and "allowed with --resume: --threads" in error
+    assert main(["train", "--resume", str(reference_run)]) == 0  # a finished run: nothing to do
+    assert "finished run" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------
+# Failures: non-finite losses, full disks, unwritable folders.
+
+
+def poison_loss_at_call(monkeypatch, call: int) -> None:
+    real, calls = trainer.mixed_loss, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == call else loss
+
+    monkeypatch.setattr(trainer, "mixed_loss", poisoned)
+
+
+def test_a_nonfinite_loss_stops_with_the_iteration_and_the_last_good_checkpoint(tiny_cifar, tmp_path, monkeypatch):
+    poison_loss_at_call(monkeypatch, 8)  # iteration 7, in the second epoch
+    with pytest.raises(TrainingError, match=r"loss is nan at iteration 7 \(epoch 2\).*checkpoint.pt \(iteration 6\)"):
+        train(tiny_config(tiny_cifar, tmp_path / "run"))
+
+
+def test_skip_nonfinite_skips_and_counts_the_step(tiny_cifar, tmp_path, monkeypatch):
+    poison_loss_at_call(monkeypatch, 3)
+    result = train(tiny_config(tiny_cifar, tmp_path / "run", skip_nonfinite=True))
+    assert result["skipped_steps"] == 1 and result["iteration"] == 12
+    assert [m["skipped_steps"] for m in metric_lines(tmp_path / "run")] == [1, 1]
+
+
+def test_a_full_disk_is_one_clear_error_and_the_previous_checkpoint_survives(tiny_cifar, tmp_path, monkeypatch):
+    real, calls = trainer.save_training_state, []
+
+    def disk_fills(path, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, **kwargs)
+
+    monkeypatch.setattr(trainer, "save_training_state", disk_fills)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"No space left on device.*still holds iteration 6"):
+        train(tiny_config(tiny_cifar, out))
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["progress"]["iteration"] == 6
+
+
+def test_an_unwritable_out_is_a_one_line_error(tiny_cifar, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = main(["train", "resnet20", "--data", str(tiny_cifar), "--out", str(blocker / "run"), "--epochs", "1"])
+    error = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in error and error.startswith("reslab train: error: cannot create the run folder")
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path, tiny_cifar, reference_run):
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(tiny_config(tiny_cifar, reference_run))
+
+
+# ------------------------------------------------------------------------------------------
+# Several seeds, and two processes.
+
+
+def test_seeds_write_a_summary_with_mean_and_std(tiny_cifar, tmp_path):
+    out = tmp_path / "seeds"
+    code = main(["train", "resnet20", "--data", str(tiny_cifar), "--out", str(out), "--seeds", "0,1", "--epochs", "1",
+                 "--batch-size", "32", "--threads", "1", "--no-tta-flip", "--deterministic", "--progress", "quiet",
+                 "--model-arg", "zero_init_residual=True"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    errors = [metric_lines(out / f"seed{k}")[-1]["test_error"] for k in (0, 1)]
+    assert summary["test_errors"] == errors
+    assert summary["test_error_mean"] == pytest.approx(sum(errors) / 2)
+    assert summary["test_error_std"] == pytest.approx(abs(errors[0] - errors[1]) / 2 ** 0.5)
+    assert summary["torch_version"] == torch.__version__ and summary["config"]["model_args"] == {"zero_init_residual": True}
+    seed1 = read_config(out / "seed1")
+    assert seed1.seed == 1 and seed1.deterministic and seed1.batch_size == 32 and seed1.recipe == "fast"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_in_step_and_as_well_as_one(tiny_cifar, tmp_path):
+    flags = ["--epochs", "3", "--batch-size", "32", "--base-batch-size", "32", "--lr", "0.05", "--threads", "1",
+             "--no-tta-flip", "--progress", "quiet", "--stochastic-depth", "0.8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(free_port()), "-m", "reslab", "train", "resnet20", "--data", str(tiny_cifar),
+               "--out", str(tmp_path / "ddp"), *flags]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    assert result["ranks_identical"] is True and result["iteration"] == 18
+    assert main(["train", "resnet20", "--data", str(tiny_cifar), "--out", str(tmp_path / "one"), *flags]) == 0
+    single = json.loads((tmp_path / "one" / "result.json").read_text())
+    # the same global batches (each rank takes half), so the two runs should end close together
+    assert result["train_loss"] == pytest.approx(single["train_loss"], abs=0.15)
+    assert result["test_accuracy"] >= single["test_accuracy"] - 0.1
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(tiny_cifar, tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+        pytest.skip("tensorboard is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ReslabError, match="--tensorboard needs the tensorboard package: pip install tensorboard"):
+        train(tiny_config(tiny_cifar, tmp_path / "run", tensorboard=True))
