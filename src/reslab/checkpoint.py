@@ -12,12 +12,13 @@ target, so a crash or a full disk never leaves a half-written file where a good 
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
 import pickle
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -31,6 +32,7 @@ PathLike = Union[str, os.PathLike]
 CARD_KEY = "reslab"
 CARD_FORMAT = "reslab-model/1"
 MODEL_FILE = "model.safetensors"  # the model file a run folder holds
+TEMP_SUFFIX = ".tmp"  # of the temporary files of atomic writes: .<name>.<random>.tmp
 
 
 @dataclass
@@ -93,9 +95,10 @@ def _output_features(model: nn.Module) -> int:
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` via temp file + fsync + rename; the old file survives any failure."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _new_file_mode())  # mkstemp's files are private (0600): give the usual ones
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -107,6 +110,19 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def _new_file_mode() -> int:
+    """The permissions ``open()`` would give a new file: 0666 less the process's umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def partial_writes(folder: PathLike, names: Sequence[str]) -> list[Path]:
+    """The temporary files that atomic writes of ``names`` into ``folder`` left behind when the
+    process was killed before its rename: never a valid file, safe to delete when no write runs."""
+    return sorted(p for name in names for p in Path(folder).glob(f".{glob.escape(name)}.*{TEMP_SUFFIX}"))
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -196,13 +212,15 @@ def load_torch_file(path: PathLike) -> Any:
     holding other pickled objects (which could run code) is refused with a CheckpointError."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise CheckpointError(
-            f"refusing to load {path}: it holds pickled objects other than tensors, which could run code "
-            f"({first_line[:160]}). Load only files you trust, or convert them to safetensors") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({str(exc).splitlines()[0][:160]}); it may be truncated") from None
+    except Exception as exc:  # truncated or foreign files raise many kinds (EOFError, KeyError, RuntimeError...)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        refused = next((line for line in lines if "GLOBAL" in line or "nsupported" in line), None)
+        if isinstance(exc, pickle.UnpicklingError) and refused:  # weights_only met a class or function
+            raise CheckpointError(
+                f"refusing to load {path}: it holds pickled objects other than tensors, which could run code "
+                f"({refused[:160]}). Load only files you trust, or convert them to safetensors") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {lines[0][:160]}); "
+                              "it may be truncated") from None
 
 
 def is_safetensors(path: Path) -> bool:

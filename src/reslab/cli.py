@@ -67,3 +67,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"reslab {args.command}: error: {message}", file=sys.stderr)
         return 1
+    except (MemoryError, RuntimeError) as exc:
+        if os.environ.get("RESLAB_DEBUG") or not out_of_memory(exc):
+            raise
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        print(f"reslab {args.command}: error: out of memory ({reason}); use a smaller --batch-size, fewer or "
+              "smaller images", file=sys.stderr)
+        return 1
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says that an allocation failed (Python's MemoryError, or PyTorch's CPU or
+    CUDA allocator), as a too large batch or image size causes."""
+    text = str(exc)
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or any(
+        phrase in text for phrase in ("can't allocate memory", "not enough memory", "out of memory",
+                                      "Storage size calculation overflowed"))

@@ -10,7 +10,7 @@ tensors; CPU: growth of the peak resident set).
 
 import argparse
 
-from reslab.argtypes import nonnegative_int, positive_int
+from reslab.argtypes import nonnegative_int, positive_int, thread_count
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fold-bn", action="store_true", help="fold BN into the convolutions (infer only)")
     parser.add_argument("--repeats", type=positive_int, default=10, help="timed steps per setup (median reported)")
     parser.add_argument("--warmup", type=nonnegative_int, default=3, help="untimed steps per setup first")
-    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=thread_count, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--json", action="store_true", help="print the measurements as JSON")
 
 

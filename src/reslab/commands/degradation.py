@@ -14,7 +14,7 @@ The paper recipe is 64k iterations of batch 128 per model (days on a CPU); short
 
 import argparse
 
-from reslab.argtypes import nonnegative_int, positive_float, positive_int
+from reslab.argtypes import nonnegative_int, positive_float, positive_int, random_seed, thread_count
 
 # Training flags shared with `reslab sdepth`; each given one overrides the recipe's value.
 TRAINING_FLAGS = (
@@ -23,8 +23,8 @@ TRAINING_FLAGS = (
     ("--train-subset", nonnegative_int, "train on a class-balanced subset of this many images; 0 = all"),
     ("--batch-size", positive_int, "mini-batch size (lr scales linearly from the recipe's batch size)"),
     ("--lr", positive_float, "peak learning rate at the recipe's batch size"),
-    ("--seed", nonnegative_int, "seed of weights, data order and augmentation"),
-    ("--threads", nonnegative_int, "CPU threads; 0 = torch's default"),
+    ("--seed", random_seed, "seed of weights, data order and augmentation"),
+    ("--threads", thread_count, "CPU threads; 0 = torch's default"),
     ("--eval-interval", positive_int, "evaluate every this many epochs"),
     ("--log-interval", positive_int, "iterations between lines of steps.jsonl (the thin curves)"),
 )

@@ -9,7 +9,7 @@ The data options here are shared by the analysis commands (lesion, paths, respon
 
 import argparse
 
-from reslab.argtypes import nonnegative_int, positive_int
+from reslab.argtypes import positive_int, random_seed
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, required: bool = True, precision: bool = True) -> None:
@@ -24,7 +24,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, required: bool = True
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
     if precision:
         parser.add_argument("--fp32", action="store_true", help="run in float32 instead of bfloat16 autocast")
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the image subset and of random draws")
+    parser.add_argument("--seed", type=random_seed, default=0, help="seed of the image subset and of random draws")
 
 
 def device_of(args: argparse.Namespace) -> str:

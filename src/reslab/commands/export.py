@@ -10,6 +10,9 @@ ResNet models), loadable with their `load_state_dict`.
 
 import argparse
 
+from reslab.argtypes import int_range
+
+ONNX_OPSETS = (7, 23)  # what torch.onnx knows (torch.onnx._constants.ONNX_MIN_OPSET / ONNX_MAX_OPSET)
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "state-dict": ".pth"}
 TOLERANCE = 1e-4  # largest difference / max(1, largest |logit|)
 
@@ -21,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fold-bn", action="store_true", help="fold BN into the preceding convolutions (onnx, torchscript)")
     parser.add_argument("--flavour", choices=("torchvision", "timm"), default="torchvision", help="key names of --format state-dict")
     parser.add_argument("--trace", action="store_true", help="TorchScript by tracing instead of scripting")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    parser.add_argument("--opset", type=int_range(*ONNX_OPSETS, "opset"), default=17, help="ONNX opset version")
     parser.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")
 
 

@@ -23,7 +23,7 @@ import typing
 from dataclasses import fields, replace
 from typing import Any, Optional
 
-from reslab.argtypes import int_list, key_value
+from reslab.argtypes import increasing_fractions, int_list, key_value
 
 # Flags that may change on --resume: how the run is shown and how fast it runs, not what it computes.
 RESUME_FLAGS = ("threads", "progress", "tensorboard", "log_interval")
@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         else:
-            group.add_argument(flag, type=_parser_for(kind), choices=f.metadata.get("choices"),
+            group.add_argument(flag, type=_parser_for(f.name, kind), choices=f.metadata.get("choices"),
                                default=argparse.SUPPRESS, help=text, metavar=_metavar(f.name, kind, f.metadata))
 
 
@@ -116,19 +116,22 @@ def _report(result: dict[str, Any]) -> int:
     return 0
 
 
-def _parser_for(kind: Any):
-    """An argparse ``type=`` for a TrainConfig field's annotation."""
+def _parser_for(name: str, kind: Any):
+    """An argparse ``type=`` for a TrainConfig field: its range's type if it has one, else by annotation."""
+    from reslab.train.config import FIELD_RANGES
+
     args = typing.get_args(kind)
     if typing.get_origin(kind) is typing.Union and type(None) in args:  # Optional[X]: 'none' is None
-        inner = _parser_for(next(a for a in args if a is not type(None)))
+        inner = _parser_for(name, next(a for a in args if a is not type(None)))
 
         def optional(text: str) -> Any:
             return None if text.lower() == "none" else inner(text)
 
+        optional.__name__ = getattr(inner, "__name__", "optional")  # argparse names the type in its messages
         return optional
     if typing.get_origin(kind) is tuple:
-        return _float_list
-    return {int: int, float: float, str: str}[kind]
+        return increasing_fractions
+    return FIELD_RANGES.get(name) or {int: int, float: float, str: str}[kind]
 
 
 def _metavar(name: str, kind: Any, metadata: Any) -> Optional[str]:
@@ -138,10 +141,3 @@ def _metavar(name: str, kind: Any, metadata: Any) -> Optional[str]:
         return "PATH"
     text = str(kind)
     return "A,B" if "tuple" in text else "N" if "int" in text else "X" if "float" in text else "TEXT"
-
-
-def _float_list(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(tok) for tok in text.split(",") if tok.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.5,0.75, got {text!r}") from None

@@ -40,9 +40,13 @@ def export_onnx(model: nn.Module, path: PathLike, input_size: int, opset: int = 
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the exporter's deprecation and constant-folding notices
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (_example_input(input_size, 2),), buffer, dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        try:
+            torch.onnx.export(model, (_example_input(input_size, 2),), buffer, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        except RuntimeError as exc:  # an opset it does not know, or one too old for an operator of the model
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"ONNX export at opset {opset} failed ({reason}); try the default opset {ONNX_OPSET}") from exc
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
 

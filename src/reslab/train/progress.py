@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from reslab.checkpoint import atomic_write_bytes
 from reslab.errors import ReslabError
 
 METRICS_FILE = "metrics.jsonl"
@@ -81,6 +82,24 @@ class Progress:
             self._bar = None
 
 
+def _lines_up_to(path: Path, iteration: int) -> list[str]:
+    """The lines of a ``.jsonl`` log that record iterations up to ``iteration``. A last line
+    without its newline is a write cut short (a kill, a full disk) and is dropped."""
+    *complete, _torn = path.read_text().split("\n")
+    kept = []
+    for number, line in enumerate(complete, 1):
+        if not line.strip():
+            continue
+        try:
+            record_iteration = json.loads(line)["iteration"]
+        except (ValueError, KeyError, TypeError):
+            raise ReslabError(f"{path} line {number} is not a reslab log record ({line[:60]!r}); "
+                              "delete that line and resume again") from None
+        if record_iteration <= iteration:
+            kept.append(line)
+    return kept
+
+
 class RunLog:
     """The run's metric files (and TensorBoard), appended line by line."""
 
@@ -96,17 +115,15 @@ class RunLog:
             self._writer = SummaryWriter(str(out / "tensorboard"))
 
     def start(self, resume_iteration: Optional[int]) -> None:
-        """Fresh files, or (on resume) the files cut back to the lines the checkpoint covers."""
+        """Fresh files, or (on resume) the files cut back to the lines the checkpoint covers:
+        lines written after it (by the epoch a crash interrupted) would otherwise be doubled.
+        Rewritten atomically, so a crash here loses nothing either."""
         if not self.enabled:
             return
         for name in (METRICS_FILE, STEPS_FILE):
             path = self.out / name
-            if resume_iteration is None or not path.exists():
-                path.write_text("")
-                continue
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["iteration"] <= resume_iteration]
-            path.write_text("".join(line + "\n" for line in kept))
+            kept = [] if resume_iteration is None or not path.exists() else _lines_up_to(path, resume_iteration)
+            atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
     def epoch(self, metrics: dict[str, Any]) -> None:
         self._append(METRICS_FILE, metrics, "epoch")

@@ -23,7 +23,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from reslab.checkpoint import atomic_torch_save, atomic_write_bytes
+from reslab.checkpoint import atomic_torch_save, atomic_write_bytes, load_torch_file
 from reslab.errors import CheckpointError, TrainingError
 from reslab.train.config import TrainConfig
 
@@ -121,12 +121,10 @@ def save_training_state(path: Path, *, model_state: dict, optimizer_state: dict,
 
 
 def load_training_state(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise TrainingError(f"nothing to resume: {path} does not exist (the run stopped before its first checkpoint?)") from None
-    except Exception as exc:  # unpickling and truncation raise many kinds; name the file whatever it is
-        raise CheckpointError(f"{path} is not a readable training checkpoint ({str(exc).splitlines()[0][:160]})") from None
+    """The state in ``path``, loaded safely (a file that would run code is refused)."""
+    if not path.exists():
+        raise TrainingError(f"nothing to resume: {path} does not exist (the run stopped before its first checkpoint?)")
+    state = load_torch_file(path)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a reslab training checkpoint (format {STATE_FORMAT})")
     return state

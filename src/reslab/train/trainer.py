@@ -27,18 +27,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reslab.checkpoint import make_card, save_model, unwrap
+from reslab.checkpoint import make_card, partial_writes, save_model, unwrap
 from reslab.errors import DataError, ReslabError, TrainingError
 from reslab.train import distributed
 from reslab.train.config import TrainConfig
 from reslab.train.distributed import DistributedEnv
 from reslab.train.extras import ModelEma, mix_batch, mixed_loss
-from reslab.train.progress import Progress, RunLog
+from reslab.train.progress import METRICS_FILE, STEPS_FILE, Progress, RunLog
 from reslab.train.schedules import scale_lr, weighted_depth
 from reslab.train.state import (CHECKPOINT_FILE, CONFIG_FILE, RESULT_FILE, environment, load_training_state,
                                 save_training_state, set_rng_state, write_config, write_json)
 
 MODEL_FILE, BEST_FILE = "model.safetensors", "best.safetensors"
+RUN_FILES = (CHECKPOINT_FILE, MODEL_FILE, BEST_FILE, CONFIG_FILE, RESULT_FILE, METRICS_FILE, STEPS_FILE)
 
 
 class TrainingInterrupted(ReslabError):
@@ -81,7 +82,10 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
     state = _prepare_out(out, resume, env)
     if state is not None and state["progress"]["finished"]:
         print(f"{out} is a finished run; nothing to resume")
-        return state["progress"]["result"]
+        result = state["progress"]["result"]
+        if env.is_main and not (out / RESULT_FILE).exists():  # stopped after its last checkpoint, before this file
+            _write(out, RunState.from_dict(state["progress"]), write_json, out / RESULT_FILE, result)
+        return result
     log = RunLog(out, env.is_main, config.tensorboard)  # first: a missing tensorboard fails at once
     data = _load_data(config, env, device)
 
@@ -124,7 +128,8 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
     show = Progress(config.progress, env.is_main, total_epochs)
     if env.is_main:
         _write_start(out, config, device, run.iteration if state is not None else None)
-    log.start(run.iteration if state is not None else None)
+    with _writing(out, run, out / METRICS_FILE):
+        log.start(run.iteration if state is not None else None)
     show.message(f"{config.model}: {sum(p.numel() for p in raw.parameters()):,} parameters, {depth} layers; "
                  f"{device} ({environment(device)['device_name']}), {torch.get_num_threads()} threads x {env.world_size} "
                  f"process(es), {config.precision}{' autocast' if config.precision == 'bf16' else ''}, "
@@ -216,7 +221,8 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
                 if run.iteration % config.log_interval == 0 and run.interval_tally.seen:
                     record = {"iteration": run.iteration, "epoch": epoch, "lr": lr, **run.interval_tally.summary(),
                               "skipped_steps": run.skipped_steps}
-                    log.steps(record)
+                    with _writing(out, run, out / STEPS_FILE):
+                        log.steps(record)
                     show.interval(record)
                     run.interval_tally = Tally()
                 if run.iteration == total:
@@ -246,7 +252,8 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
             for cb in hooks_epoch:
                 metrics.update(cb.on_epoch_end(epoch, dict(metrics)) or {})
             show.end_epoch(metrics)
-            log.epoch(metrics)
+            with _writing(out, run, out / METRICS_FILE):
+                log.epoch(metrics)
             run.wall_seconds = metrics["wall_seconds"]
             if env.is_main:
                 evaluated = ema.module if ema is not None else raw
@@ -420,18 +427,25 @@ def _seed_everything(seed: int) -> None:
 
 
 def _prepare_out(out: Path, resume: bool, env: DistributedEnv) -> Optional[dict]:
-    """The run folder, created; on resume, the training state saved in it."""
-    if resume:
-        return load_training_state(out / CHECKPOINT_FILE)
-    if (out / CHECKPOINT_FILE).exists():
+    """The run folder, created and rid of the temporary files of writes that a crash cut short;
+    on resume, the training state saved in it (none if the run stopped before its first checkpoint:
+    it starts again from the beginning, having lost nothing)."""
+    state = None
+    if resume and ((out / CHECKPOINT_FILE).exists() or not (out / CONFIG_FILE).exists()):
+        state = load_training_state(out / CHECKPOINT_FILE)
+    elif resume and env.is_main:
+        print(f"{out} holds no {CHECKPOINT_FILE}: the run stopped before its first checkpoint; starting it again")
+    elif not resume and (out / CHECKPOINT_FILE).exists():
         raise TrainingError(f"{out} already holds a run ({CHECKPOINT_FILE}); continue it with "
                             f"`reslab train --resume {out}`, or choose another --out")
     if env.is_main:
         try:
             out.mkdir(parents=True, exist_ok=True)
+            for leftover in partial_writes(out, RUN_FILES):
+                leftover.unlink(missing_ok=True)
         except OSError as exc:
             raise TrainingError(f"cannot create the run folder {out}: {exc.strerror or exc}") from None
-    return None
+    return state
 
 
 def _write_start(out: Path, config: TrainConfig, device: torch.device, resumed_at: Optional[int]) -> None:
@@ -452,13 +466,21 @@ def _write_start(out: Path, config: TrainConfig, device: torch.device, resumed_a
 
 def _write(out: Path, run: RunState, writer, path: Path, *args: Any, **kwargs: Any) -> None:
     """``writer(path, ...)``; a failed write (disk full, folder gone) becomes one clear error."""
-    try:
+    with _writing(out, run, path):
         writer(path, *args, **kwargs)
+
+
+@contextmanager
+def _writing(out: Path, run: RunState, path: Path) -> Iterator[None]:
+    """A failed write to ``path`` in the block (disk full, folder gone) becomes one clear error
+    that names the checkpoint to continue from."""
+    try:
+        yield
     except OSError as exc:
         kept = (f"{out / CHECKPOINT_FILE} still holds iteration {run.saved_iteration}; continue with "
                 f"`reslab train --resume {out}` once there is space" if run.saved_iteration is not None
-                else "no checkpoint had been written yet")
-        raise TrainingError(f"could not write {path} ({exc.strerror or exc}); {kept}") from None
+                else "no checkpoint had been written yet; run the command again once there is space")
+        raise TrainingError(f"could not write {exc.filename or path} ({exc.strerror or exc}); {kept}") from None
 
 
 def _nonfinite_message(loss: float, iteration: int, epoch: int, out: Path, saved: Optional[int]) -> str:
