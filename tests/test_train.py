@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
     """2 epochs of 6 iterations of 32 images (tiny_cifar has 200 training images)."""
     values = dict(model="resnet20", data=str(data), out=str(out), epochs=2, batch_size=32, base_batch_size=32, lr=0.05,
-                  threads=1, progress="plain", log_interval=2, tta_flip=False, eval_batch_size=500)
+                  threads=1, progress="plain", log_interval=2, tta_flip=False, eval_batch_size=500, eval_interval=1)
     return TrainConfig.from_recipe("fast", **{**values, **overrides})
 
 
@@ -88,9 +88,10 @@ class GradientRecorder:
 @pytest.fixture(scope="module")
 def small_run(small_cifar, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "r20"
-    # batch 64 with the fast recipe's lr 0.2 for batch 256: the lr is scaled to 0.05 (and says so)
+    # batch 64 with the fast recipe's lr 0.15 for batch 128: the lr is scaled to 0.075 (and says so)
     config = TrainConfig.from_recipe("fast", model="resnet20", data=str(small_cifar), out=str(out), epochs=2,
-                                     batch_size=64, val=200, threads=1, progress="plain", log_interval=5)
+                                     batch_size=64, val=200, threads=1, progress="plain", log_interval=5,
+                                     eval_interval=1)
     import contextlib
     import io
 
@@ -109,7 +110,7 @@ def test_training_learns_above_chance(small_run):
 
 def test_start_messages_say_how_lr_was_scaled_and_show_parameter_groups(small_run):
     printed = small_run[3]
-    assert "learning rate scaled linearly 0.2 x 64/256 = 0.05" in printed
+    assert "learning rate scaled linearly 0.15 x 64/128 = 0.075" in printed
     assert "parameter groups: weights: 20 tensors, 268,336 parameters, weight decay 0.0005; norm_and_bias: 39 tensors" in printed
 
 
@@ -196,7 +197,7 @@ def test_stop_and_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny_cifa
 def test_sigterm_from_outside_saves_a_checkpoint_and_exits_143(tiny_cifar, tmp_path, reference_run):
     out, ready, sent = tmp_path / "run", tmp_path / "ready", tmp_path / "sent"
     flags = ["--epochs", "2", "--batch-size", "32", "--base-batch-size", "32", "--lr", "0.05", "--threads", "1",
-             "--progress", "plain", "--log-interval", "2", "--no-tta-flip", "--eval-batch-size", "500",
+             "--progress", "plain", "--log-interval", "2", "--no-tta-flip", "--eval-batch-size", "500", "--eval-interval", "1",
              "--stochastic-depth", "0.7", "--dropout", "0.1", "--mixup", "0.2", "--ema-decay", "0.9"]
     # The command line, with a callback that waits at iteration 3 until the test has sent SIGTERM.
     script = textwrap.dedent(f"""
