@@ -227,6 +227,9 @@ def phase_of_kill(outcome: Outcome, out: Path, earlier: set[str]) -> str:
     in_flight = sorted({".".join(p.name.split(".")[1:3]) for p in partial_writes(out, run_files()) if p.name not in earlier})
     if in_flight:
         return "writing " + " + ".join(in_flight)
+    torn = [problem.split()[0] for problem in check_after_kill(out) if " does not load" in problem]
+    if torn:  # only a trainer that writes in place (--mutant torn-writes) leaves these
+        return "writing " + " + ".join(torn) + " in place"
     progress = [line for line in outcome.lines if STEP_LINE.match(line) or SUMMARY_LINE.match(line)]
     if not progress:
         return "start-up"

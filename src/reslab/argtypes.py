@@ -23,13 +23,21 @@ def _parse(text: str, kind: type) -> float:
     return value
 
 
+def _finite_float(value: float) -> bool:
+    """Whether ``value`` is a finite float (an int too large for a float is not, as its text is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _bounded(kind: type, accept: Callable[[float], bool], requirement: str, name: str) -> Callable[[str], float]:
     """An argparse type: ``kind(text)`` that satisfies ``accept``, else 'must be <requirement>'.
     ``.accepts(value)`` and ``.requirement`` check a value that did not come from text."""
 
     def accepts(value: Any) -> bool:
         number = isinstance(value, int) if kind is int else isinstance(value, (int, float))
-        return number and not isinstance(value, bool) and math.isfinite(value) and accept(value)
+        return number and not isinstance(value, bool) and (kind is int or _finite_float(value)) and accept(value)
 
     def parse(text: str) -> float:
         value = _parse(text, kind)

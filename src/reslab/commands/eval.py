@@ -28,11 +28,10 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, required: bool = True
 
 
 def device_of(args: argparse.Namespace) -> str:
-    import torch
+    """The device --device names (CUDA for auto when there is one); an error if it is absent."""
+    from reslab.inference.predict import resolve_device
 
-    if args.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return args.device
+    return str(resolve_device(args.device))
 
 
 def load_images(args: argparse.Namespace):

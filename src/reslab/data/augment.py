@@ -28,13 +28,13 @@ def pad_images(images: Tensor, padding: int, mode: str = "zeros") -> Tensor:
     if padding == 0:
         return images
     n, h, w, c = images.shape
-    if padding >= min(h, w):  # a crop could then hold nothing of the image (or no reflection exists)
-        raise ValueError(f"{mode} padding {padding} needs images larger than {padding} pixels, got {h}x{w}")
     if mode == "zeros":
         padded = images.new_zeros(n, h + 2 * padding, w + 2 * padding, c)
         padded[:, padding:padding + h, padding:padding + w] = images
         return padded
     if mode == "reflect":
+        if padding >= min(h, w):  # no reflection of the image exists that far out
+            raise ValueError(f"reflect padding {padding} needs images larger than {padding} pixels, got {h}x{w}")
         rows, cols = _reflected(h, padding, images.device), _reflected(w, padding, images.device)
         return images.index_select(1, rows).index_select(2, cols).contiguous()
     raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {mode!r}")

@@ -9,7 +9,9 @@ Formats, detected from what the folder contains:
 * ``class-folders``: ``PATH/<split>/<class>/<image>`` (or ``PATH`` a split folder itself), any image
   Pillow reads. Classes are the sorted folder names; images are read in sorted file order.
   Every image must have the size of the first one (another size is an error naming the file);
-  an image of another mode (grey, palette, RGBA, CMYK) is converted to RGB, dropping alpha.
+  an image of another mode (grey, palette, RGBA, CMYK) is converted to RGB, dropping alpha; one of
+  more than 8 bits per channel (16-bit grey, 32-bit integer or float) is an error, as converting
+  it would clip its pixels.
   Hidden files (``.name``) and sub-folders of class folders are skipped.
 
 A folder that holds one of the official folders (as an extracted archive does) is read through it.
@@ -143,8 +145,13 @@ def decode_image(path: str) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
+            if image.mode in ("I", "F") or image.mode.startswith("I;16"):  # Pillow's RGB conversion would clip them
+                raise DataError(f"{path} has pixels of more than 8 bits (Pillow mode {image.mode}), which 8-bit RGB "
+                                "would clip; convert it to 8-bit RGB or delete it")
             rgb = image if image.mode == "RGB" else image.convert("RGB")
             return np.asarray(rgb, dtype=np.uint8)
+    except DataError:
+        raise
     except Exception as exc:  # Pillow raises many kinds for broken files; name the file whatever it is
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"{path} cannot be read as an image ({reason}); replace or delete it") from None

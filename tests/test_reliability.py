@@ -1,0 +1,368 @@
+"""Faults tried through the command line: SIGKILL at random moments, a full disk, non-finite
+losses, broken data sets and checkpoints that would run code. Each must end in a one-line error
+(exit status not 0, no traceback) or a run that, resumed, ends exactly as an uninterrupted one.
+
+The SIGKILL test runs two trials of ``benchmarks/kill_resume.py``; that script runs 24 (see the
+README's reliability table). ResNet-20, one thread, runs of a few iterations on ``tiny_cifar``.
+"""
+
+import json
+import os
+import pickle
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import reslab.train
+from reslab import create_model
+from reslab.checkpoint import make_card, partial_writes, save_model
+from reslab.cli import main
+from reslab.train.state import CHECKPOINT_FILE, STATE_FORMAT, load_training_state
+from reslab.train.trainer import RUN_FILES
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import kill_resume  # noqa: E402  (the SIGKILL harness: its training flags, trials and checks)
+
+
+def one_line_error(stderr: str, command: str) -> str:
+    """The error line of a failed command; fails unless it is the only line and no traceback.
+    (Progress bars redraw their line after a carriage return: a line shows what follows the last.)"""
+    lines = [line.rsplit("\r", 1)[-1] for line in stderr.split("\n")]
+    lines = [line for line in lines if line.strip()]
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1 and lines[0].startswith(f"reslab {command}: error: "), stderr
+    return lines[0]
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """Run ``reslab ARGV`` in this process: it must fail with status 1 and one line on stderr."""
+    capsys.readouterr()
+    status = main(argv)
+    error = one_line_error(capsys.readouterr().err, argv[0])
+    assert status == 1, error
+    return error
+
+
+# ------------------------------------------------------------------------------------------
+# SIGKILL, SIGINT and a full disk, against one uninterrupted reference run.
+
+
+@pytest.fixture(scope="module")
+def harness(tiny_cifar, tmp_path_factory):
+    """The kill harness's uninterrupted run on tiny_cifar (its slice: 20 train, 10 test per class)."""
+    workdir = tmp_path_factory.mktemp("kill")
+    env = kill_resume.child_environment(workdir / "cache")
+    return kill_resume.reference_run(tiny_cifar, workdir, env), workdir, env
+
+
+def test_sigkill_at_random_moments_then_resume_loses_nothing(tiny_cifar, harness):
+    reference, workdir, env = harness
+    # Two of the harness's trials (fixed seed): a kill after an epoch's summary line, while its files
+    # are written, then a kill of the resumed process at a random moment; a kill during an evaluation.
+    plans = kill_resume.plan_trials(3, seed=0, reference=reference)[1:]
+    phases = []
+    for index, specs in enumerate(plans):
+        trial = kill_resume.run_trial(index, specs, tiny_cifar, workdir, reference.out, env)
+        assert trial.survived, trial.problems
+        phases += trial.phases
+    assert any(not phase.startswith("not hit") for phase in phases), phases  # a kill did land
+
+
+class InterruptAfterFirstEpoch:
+    """Sends this process SIGINT (Ctrl-C) at the end of the first epoch."""
+
+    def on_epoch_end(self, epoch, metrics):
+        if epoch == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def limit_file_size_to(limit: int):
+    """A preexec_fn: the child may write no file beyond ``limit`` bytes, as on a full disk
+    (writes fail with EFBIG; SIGXFSZ, which would kill it, ignored)."""
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_sigint_then_a_full_disk_keep_the_checkpoint_and_the_run_resumes_exactly(tiny_cifar, harness, tmp_path,
+                                                                                 monkeypatch, capsys):
+    reference, _, env = harness
+    out = tmp_path / "run"
+    real_train = reslab.train.train
+    monkeypatch.setattr(reslab.train, "train", lambda config, callbacks=(), **kw: real_train(
+        config, [InterruptAfterFirstEpoch(), *callbacks], **kw))
+    assert main(kill_resume.train_command(tiny_cifar, out)) == 130  # SIGINT: checkpoint saved, exit 128 + 2
+    assert f"Continue with: reslab train --resume {out}" in capsys.readouterr().err
+    monkeypatch.undo()
+    saved = (out / "checkpoint.pt").read_bytes()
+    assert load_training_state(out / "checkpoint.pt")["progress"]["iteration"] == kill_resume.PER_EPOCH
+
+    # Resumed on a "full disk": the second epoch trains, then its model file (1 MB) cannot be written.
+    full = subprocess.run([sys.executable, "-m", "reslab", "train", "--resume", str(out)], capture_output=True,
+                          text=True, env=env, timeout=300, preexec_fn=limit_file_size_to(256 * 1024))
+    error = one_line_error(full.stderr, "train")
+    assert full.returncode == 1
+    assert "File too large" in error and "model.safetensors" in error
+    assert f"{out / 'checkpoint.pt'} still holds iteration {kill_resume.PER_EPOCH}" in error
+    assert (out / "checkpoint.pt").read_bytes() == saved and not partial_writes(out, RUN_FILES)
+
+    # With space again, the resumed run ends exactly as the uninterrupted one (logs cut back included).
+    assert main(["train", "--resume", str(out)]) == 0
+    assert kill_resume.compare_with_reference(out, reference.out) == []
+
+
+# ------------------------------------------------------------------------------------------
+# Non-finite losses: stop naming the step and the last good checkpoint, or skip when asked.
+
+# lr 0.01 for the first epoch's 6 iterations (a "low-lr start"), then 1e30: the loss turns NaN
+# in the second epoch, after the first epoch's checkpoint.
+HUGE_LR = ["--epochs", "2", "--batch-size", "32", "--base-batch-size", "32", "--threads", "1", "--progress", "quiet",
+           "--no-tta-flip", "--eval-batch-size", "100", "--lr", "1e30"]
+EXPLODES_IN_EPOCH_2 = [*HUGE_LR, "--low-lr", "0.01", "--low-lr-max-iterations", "6", "--low-lr-min-depth", "0",
+                       "--low-lr-until-error", "none"]
+
+
+def test_an_exploding_lr_stops_the_run_naming_the_step_and_the_last_good_checkpoint(tiny_cifar, tmp_path, capsys):
+    out = tmp_path / "run"
+    error = cli_error(capsys, ["train", "resnet20", "--data", str(tiny_cifar), "--out", str(out), *EXPLODES_IN_EPOCH_2])
+    assert "the training loss is nan at iteration 7 (epoch 2)" in error
+    assert f"the last good checkpoint is {out / 'checkpoint.pt'} (iteration 6)" in error
+    assert "--skip-nonfinite" in error and "--lr" in error
+    assert load_training_state(out / "checkpoint.pt")["progress"]["iteration"] == 6
+    assert not (out / "result.json").exists()
+
+    error = cli_error(capsys, ["train", "resnet20", "--data", str(tiny_cifar), "--out", str(tmp_path / "first"),
+                               *HUGE_LR])  # lr 1e30 from the start
+    assert "loss is nan at iteration 1 (epoch 1)" in error and "no checkpoint had been written yet" in error
+
+
+def test_skip_nonfinite_skips_and_counts_every_bad_step(tiny_cifar, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "resnet20", "--data", str(tiny_cifar), "--out", str(out), *EXPLODES_IN_EPOCH_2,
+                 "--skip-nonfinite", "--progress", "plain"]) == 0
+    skipped = [line for line in capsys.readouterr().out.splitlines() if line.startswith("skipped iteration")]
+    assert [line.split()[2] for line in skipped] == ["7:", "8:", "9:", "10:", "11:"]
+    result = load_training_state(out / "checkpoint.pt")["progress"]["result"]
+    assert result["skipped_steps"] == 5 and result["iteration"] == 12
+
+
+# ------------------------------------------------------------------------------------------
+# Broken data sets: one line naming the file and what to do.
+
+
+def class_folders(root: Path, classes=("a", "b"), per_class: int = 2) -> Path:
+    for split in ("train", "test"):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def break_truncated(root):
+    good = (root / "train" / "b" / "1.png").read_bytes()
+    (root / "train" / "b" / "1.png").write_bytes(good[: len(good) // 2])
+    return "1.png cannot be read as an image", "replace or delete it"
+
+
+def break_corrupt(root):
+    (root / "train" / "a" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n but then nothing of an image")
+    return "0.png cannot be read as an image", "replace or delete it"
+
+
+def break_not_an_image(root):
+    (root / "test" / "b" / "notes.txt").write_text("labels are folder names")
+    return "notes.txt cannot be read as an image", "replace or delete it"
+
+
+def break_size(root):
+    Image.new("RGB", (32, 31)).save(root / "train" / "b" / "1.png")
+    return "1.png is 32x31 pixels but the data set's images are 32x32", "resize it or remove it"
+
+
+def break_mode(root):
+    # 16-bit grey: Pillow's conversion to RGB clips it (values above 255 all become white). Grey,
+    # palette, RGBA and CMYK images are converted (tests/test_data.py).
+    pixels = (np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60)
+    Image.fromarray(pixels).save(root / "train" / "b" / "1.png")
+    return "1.png has pixels of more than 8 bits (Pillow mode I;16)", "convert it to 8-bit RGB or delete it"
+
+
+def break_empty_class(root):
+    (root / "train" / "c").mkdir()
+    return "class folder " + str(root / "train" / "c") + " holds no image files", "add images or delete the folder"
+
+
+def break_no_classes(root):
+    for path in sorted((root / "train").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    return f"{root / 'train'} has no class folders", "expected " + str(root / "train" / "<class name>/<image files>")
+
+
+def break_missing(root):
+    shutil.rmtree(root)
+    return f"{root} does not exist", "pass a data set folder"
+
+
+def break_a_file(root):
+    shutil.rmtree(root)
+    root.write_text("a file where the data set folder should be")
+    return f"{root} is not a folder", "pass a data set folder"
+
+
+def cifar_python(root: Path) -> Path:
+    """Official cifar-10-batches-py files (Python 3 pickles of the same content) with 2 images per batch."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}, protocol=2))
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), "labels": [3, 7]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return folder
+
+
+def break_truncated_pickle(root):
+    batch = cifar_python(root) / "data_batch_2"
+    batch.write_bytes(batch.read_bytes()[:5000])
+    return "data_batch_2 is truncated or corrupt", "download it again"
+
+
+def break_labels(root):
+    batch = cifar_python(root) / "data_batch_4"
+    batch.write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [3, 10]}, protocol=2))
+    return "data_batch_4 has labels 3..10 outside the 10 classes", "download them again"
+
+
+def break_truncated_binary(root):
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    (folder / "batches.meta.txt").write_text("\n".join(f"c{i}" for i in range(10)))
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        (folder / name).write_bytes(bytes(2 * 3073 - (100 if name == "data_batch_5.bin" else 0)))
+    return "data_batch_5.bin is 6046 bytes, not a whole number of 3073-byte", "download it again"
+
+
+BREAKS = [break_truncated, break_corrupt, break_not_an_image, break_size, break_mode, break_empty_class,
+          break_no_classes, break_missing, break_a_file, break_truncated_pickle, break_labels, break_truncated_binary]
+
+
+@pytest.mark.parametrize("damage", BREAKS, ids=lambda f: f.__name__[len("break_"):])
+def test_bad_data_is_a_one_line_error_naming_the_file_and_what_to_do(tmp_path, capsys, damage):
+    root = tmp_path / "data"
+    if damage not in (break_truncated_pickle, break_labels, break_truncated_binary):  # those write CIFAR files
+        class_folders(root)
+    culprit, remedy = damage(root)
+    out = tmp_path / "run"
+    error = cli_error(capsys, ["train", "resnet20", "--data", str(root), "--out", str(out), "--epochs", "1",
+                               "--batch-size", "2", "--progress", "quiet", "--threads", "1"])
+    assert culprit in error and remedy in error
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_bad_data_through_a_real_process_exits_1_without_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "reslab", "train", "resnet20", "--data", str(tmp_path / "nowhere"),
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "does not exist" in one_line_error(done.stderr, "train")
+
+
+# ------------------------------------------------------------------------------------------
+# Untrusted checkpoints: every command that loads one refuses pickled code, and the code never runs.
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+@pytest.fixture(scope="module")
+def trusted(tmp_path_factory, tiny_cifar):
+    """A good model file of tiny_cifar's classes (for commands that take two) and an image."""
+    path = tmp_path_factory.mktemp("trusted") / "model.safetensors"
+    model = create_model("resnet20")
+    classes = sorted(p.name for p in (tiny_cifar / "train").iterdir())
+    save_model(path, model, make_card("resnet20", model, class_names=classes))
+    return path, next((tiny_cifar / "test" / "cat").iterdir())
+
+
+def evil_checkpoint(folder: Path, form: str, marker: Path) -> Path:
+    """A checkpoint whose unpickling would create ``marker``: a training checkpoint in torch.save's
+    zip format with the payload among its weights, or a bare pickle, both as checkpoint.pt of
+    a run folder; or a bare pickle named .safetensors."""
+    payload = RunsCode(marker)
+    path = folder / ("evil.safetensors" if form == "disguised as safetensors" else "checkpoint.pt")
+    if form == "torch zip":
+        state = create_model("resnet20").state_dict()
+        torch.save({"format": STATE_FORMAT, "model": {**state, "fc.bias": payload}, "card": "{}"}, path)
+    else:
+        path.write_bytes(pickle.dumps({"fc.bias": payload}, protocol=2))
+    return path
+
+
+def checkpoint_commands(evil: Path, good: Path, image: Path, data: Path, out: Path) -> dict[str, list[str]]:
+    """Every command that takes a checkpoint, given ``evil`` (in each of its checkpoint arguments)."""
+    eval_data = ["--data", str(data), "--images", "10", "--out", str(out)]
+    commands = {
+        "eval": ["eval", str(evil), *eval_data],
+        "predict": ["predict", str(evil), str(image)],
+        "export": ["export", str(evil), "--format", "onnx", "--out", str(out / "m.onnx")],
+        "bench": ["bench", str(evil), "--repeats", "1", "--warmup", "0"],
+        "lesion": ["lesion", str(evil), *eval_data],
+        "lesion --plain": ["lesion", str(good), "--plain", str(evil), *eval_data],
+        "paths": ["paths", str(evil), "--out", str(out)],
+        "responses": ["responses", str(good), str(evil), *eval_data],
+    }
+    if evil.name == CHECKPOINT_FILE:  # the run folder's training checkpoint
+        commands["train --resume"] = ["train", "--resume", str(evil.parent)]
+    return commands
+
+
+@pytest.mark.parametrize("form", ["torch zip", "bare pickle", "disguised as safetensors"])
+def test_every_command_refuses_a_checkpoint_that_would_run_code(tmp_path, capsys, trusted, tiny_cifar, form):
+    good, image = trusted
+    marker, run = tmp_path / "code-ran", tmp_path / "run"
+    run.mkdir()
+    evil = evil_checkpoint(run, form, marker)
+    (run / "config.json").write_text(json.dumps({"config": {"model": "resnet20", "data": "x", "out": str(run)}}))
+    expected = "not a readable safetensors file" if evil.suffix == ".safetensors" else "refusing to load"
+    for name, argv in checkpoint_commands(evil, good, image, tiny_cifar, tmp_path / "out").items():
+        error = cli_error(capsys, argv)
+        assert expected in error and str(evil) in error, (name, error)
+        assert not marker.exists(), f"`reslab {name}` ran the code in the checkpoint"
+    # The payload is live: an unsafe load does run it, so the assertions above can fail.
+    with open(evil, "rb") as f:
+        (torch.load(f, weights_only=False) if form == "torch zip" else pickle.load(f))
+    assert marker.exists()
+
+
+# ------------------------------------------------------------------------------------------
+# A device the machine lacks: argparse cannot know, so it is the command's one-line error.
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_asking_for_cuda_without_it_is_a_one_line_error_in_every_command_that_runs_a_model(tmp_path, capsys, trusted,
+                                                                                          tiny_cifar):
+    good, image = trusted
+    data = ["--data", str(tiny_cifar), "--images", "10", "--out", str(tmp_path / "out")]
+    for argv in (["eval", str(good), *data], ["lesion", str(good), *data], ["responses", str(good), *data],
+                 ["paths", str(good), "--out", str(tmp_path / "out")], ["predict", str(good), str(image)],
+                 ["bench", "resnet20", "--repeats", "1"],
+                 ["train", "resnet20", "--data", str(tiny_cifar), "--out", str(tmp_path / "run")]):
+        error = cli_error(capsys, [*argv, "--device", "cuda"])
+        assert "CUDA" in error and "--device cpu" in error, error
