@@ -6,9 +6,12 @@ Three loops train ResNet-20 on CIFAR-10 for ``--warmup`` iterations, then are ti
 
 * ``baseline``: :mod:`baseline_loop` (per-image Pillow augmentation in a 2-worker DataLoader,
   fp32, NCHW, batch 128);
-* ``reslab fast``: ``reslab train resnet20`` with the fast recipe's settings (batch 256, bf16
-  autocast, channels_last, whole-batch tensor augmentation);
-* ``reslab paper``: the same trainer with the paper recipe's batch of 128.
+* ``reslab fast``: ``reslab train resnet20`` with the fast recipe's settings (batch 128, bf16
+  autocast, channels_last, whole-batch tensor augmentation), in one process;
+* ``reslab paper``: the same trainer with the paper recipe (also batch 128, fewer extras);
+* with ``--processes N``: also the fast recipe under ``torchrun --nproc-per-node N`` with
+  ``--threads 1`` (on a few cores, N one-thread processes can beat one N-thread process: small
+  convolutions parallelise poorly across threads).
 
 The reslab numbers come from the trainer itself (``train()``, its ``steps.jsonl`` intervals),
 not from a copy of its loop. Test-time flips are turned off (they cost evaluation time only).
@@ -22,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -47,6 +51,22 @@ def reslab_speed(data: str, recipe: str, iterations: int, warmup: int, **overrid
     return len(intervals) * images / sum(images / s["img_per_s"] for s in intervals)
 
 
+def reslab_ddp_speed(data: str, processes: int, iterations: int, warmup: int) -> float:
+    """Images/s (all processes together) of ``torchrun --nproc-per-node N -m reslab train resnet20``
+    with one thread per process, over the iterations after the warm-up."""
+    if iterations % warmup:
+        raise ValueError("--iterations must be a multiple of --warmup (steps.jsonl logs every --warmup iterations)")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+                   "-m", "reslab", "train", "resnet20", "--data", data, "--out", str(out),
+                   "--iterations", str(warmup + iterations), "--log-interval", str(warmup), "--no-tta-flip",
+                   "--progress", "quiet", "--threads", "1"]
+        subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        intervals = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()][1:]
+    return len(intervals) / sum(1 / s["img_per_s"] for s in intervals)
+
+
 def cpu_name() -> str:
     from reslab.train.state import cpu_name as name
 
@@ -65,6 +85,8 @@ def main() -> None:
                         help="also time the fast recipe with --deterministic, and in fp32 NCHW")
     parser.add_argument("--fast-batch-sizes", type=lambda t: [int(b) for b in t.split(",")], default=[],
                         metavar="B,B", help="also time the fast recipe at these batch sizes (lr scaled linearly)")
+    parser.add_argument("--processes", type=int, default=0,
+                        help="also time the fast recipe as this many one-thread torchrun processes (0 = no)")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
     args = parser.parse_args()
 
@@ -74,7 +96,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     train_set = load_dataset(args.data, "train", progress=False)
     images, labels = train_set.images.numpy(), train_set.labels.numpy()
-    runs = [("fast recipe (bf16, channels_last, batch 256)", "fast", {}),
+    runs = [("fast recipe (bf16, channels_last, batch 128)", "fast", {}),
             ("paper recipe (bf16, channels_last, batch 128)", "paper", {})]
     if args.ablations:
         runs += [("fast recipe --deterministic", "fast", {"deterministic": True}),
@@ -82,11 +104,16 @@ def main() -> None:
     runs += [(f"fast recipe at batch {b}", "fast", {"batch_size": b}) for b in args.fast_batch_sizes]
     baseline_name = "baseline (Pillow per image, 2 workers, fp32 NCHW, batch 128)"
     speeds: dict[str, list[float]] = {baseline_name: [], **{f"reslab train, {name}": [] for name, _, _ in runs}}
+    ddp_name = f"reslab train, fast recipe, torchrun {args.processes} processes x 1 thread"
+    if args.processes:
+        speeds[ddp_name] = []
     for _ in range(args.repeats):
         speeds[baseline_name].append(baseline_loop.measure(images, labels, args.iterations, args.warmup))
         for name, recipe, overrides in runs:
             speeds[f"reslab train, {name}"].append(reslab_speed(
                 args.data, recipe, args.iterations, args.warmup, threads=args.threads, **overrides))
+        if args.processes:
+            speeds[ddp_name].append(reslab_ddp_speed(args.data, args.processes, args.iterations, args.warmup))
     best = {name: max(values) for name, values in speeds.items()}
     machine = (f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
                f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f} at the end")
