@@ -156,6 +156,13 @@ def test_skip_nonfinite_skips_and_counts_every_bad_step(tiny_cifar, tmp_path, ca
     result = load_training_state(out / "checkpoint.pt")["progress"]["result"]
     assert result["skipped_steps"] == 5 and result["iteration"] == 12
 
+    def refuse(constant):
+        raise AssertionError(f"result.json holds {constant}, which strict JSON parsers reject")
+
+    for name in ("result.json", "metrics.jsonl"):  # NaN losses of diverged weights are written as null
+        for line in (out / name).read_text().splitlines() if name.endswith("l") else [(out / name).read_text()]:
+            json.loads(line, parse_constant=refuse)
+
 
 # ------------------------------------------------------------------------------------------
 # Broken data sets: one line naming the file and what to do.

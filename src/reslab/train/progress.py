@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from reslab.checkpoint import atomic_write_bytes
 from reslab.errors import ReslabError
+from reslab.train.state import strict_json
 
 METRICS_FILE = "metrics.jsonl"
 STEPS_FILE = "steps.jsonl"
@@ -135,7 +136,7 @@ class RunLog:
         if not self.enabled:
             return
         with open(self.out / name, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(strict_json(record) + "\n")
         if self._writer is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "iteration"):

@@ -13,6 +13,7 @@ Every file is written atomically: a failed write leaves the previous file intact
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import random
@@ -68,7 +69,23 @@ def git_commit() -> Optional[str]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, (strict_json(data, indent=1, sort_keys=True) + "\n").encode())
+
+
+def strict_json(data: Any, **dumps_options: Any) -> str:
+    """``data`` as strict JSON: a NaN or infinite number (as a diverged run reports) becomes null,
+    where ``json.dumps`` would write NaN, which most JSON parsers reject."""
+    return json.dumps(_finite(data), allow_nan=False, **dumps_options)
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(value) for value in data]
+    return data
 
 
 def write_config(out: Path, config: TrainConfig, env: dict[str, Any]) -> None:
