@@ -58,3 +58,26 @@ def test_user_error_is_one_line_with_status_1():
 def test_bad_choice_is_a_usage_error_with_status_2():
     result = run_cli("models", "--format", "xml")
     assert result.returncode == 2 and "invalid choice" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("error, one_line", [
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 bytes."), True),
+    (MemoryError(), True),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),  # a bug stays a traceback
+])
+def test_out_of_memory_is_one_line_that_suggests_a_smaller_batch(monkeypatch, capsys, error, one_line):
+    import reslab.commands.models as models_command
+
+    def allocate(args):
+        raise error
+
+    monkeypatch.setattr(models_command, "run", allocate)
+    monkeypatch.delenv("RESLAB_DEBUG", raising=False)
+    if not one_line:
+        with pytest.raises(RuntimeError):
+            main(["models"])
+        return
+    assert main(["models"]) == 1
+    printed = capsys.readouterr().err.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith("reslab models: error: out of memory")
+    assert "--batch-size" in printed[0]
