@@ -35,7 +35,7 @@ def run_row(run: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "cifar10"))
+    parser.add_argument("--data", default="../shared/datasets/cifar10", help="as given to the runs (run from the repo root)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "budget")
     parser.add_argument("--models", default=MODELS, help="comma-separated registered models")
     parser.add_argument("--recipe", default="paper")
