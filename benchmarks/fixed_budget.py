@@ -17,7 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
-from reslab.analysis.degradation import train_or_reuse
+from reslab.analysis.degradation import run_summary, train_or_reuse
+from reslab.analysis.plots import read_jsonl
 from reslab.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,12 +26,10 @@ MODELS = "resnet20,resnet56,plain20,plain56,preact_resnet110,wrn16_4"
 
 
 def run_row(run: Path) -> dict:
-    """Final errors and times of a finished run folder."""
-    result = json.loads((run / "result.json").read_text())
-    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {"model": result["model"], "iterations": result["iteration"], "train_error_pct": 100 * epochs[-1]["train_error"],
-            "test_error_pct": 100 * result["test_error"], "train_seconds": sum(e["epoch_seconds"] for e in epochs),
-            "wall_seconds": result["wall_seconds"]}
+    """Final errors (as ``reslab degradation`` reads them) and times of a finished run folder."""
+    epochs = read_jsonl(run / "metrics.jsonl")
+    return {**run_summary(run), "train_seconds": sum(e["epoch_seconds"] for e in epochs),
+            "wall_seconds": json.loads((run / "result.json").read_text())["wall_seconds"]}
 
 
 def main() -> None:
@@ -52,9 +51,9 @@ def main() -> None:
                                          eval_interval=args.eval_interval, threads=args.threads)
         train_or_reuse(config)
         rows.append(run_row(args.out / model))
-    print(f"| model | iterations | training error | test error | training time | wall time |\n|---|---:|---:|---:|---:|---:|")
+    print("| model | iterations | training error | test error | training time | wall time |\n|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['model']} | {r['iterations']} | {r['train_error_pct']:.2f}% | {r['test_error_pct']:.2f}% | "
+        print(f"| {r['model']} | {r['iterations']} | {r['final_train_error_pct']:.2f}% | {r['final_test_error_pct']:.2f}% | "
               f"{r['train_seconds']:.0f} s | {r['wall_seconds']:.0f} s |")
     (args.out / "budget.json").write_text(json.dumps(rows, indent=1) + "\n")
 

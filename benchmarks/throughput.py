@@ -43,19 +43,13 @@ def reslab_speed(data: str, recipe: str, iterations: int, warmup: int, **overrid
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig.from_recipe(recipe, model="resnet20", data=data, out=out, iterations=warmup + iterations,
                                          log_interval=warmup, tta_flip=False, progress="quiet", **overrides)
-        if iterations % warmup:
-            raise ValueError("--iterations must be a multiple of --warmup (steps.jsonl logs every --warmup iterations)")
         train(config)
-        intervals = [json.loads(line) for line in (Path(out) / "steps.jsonl").read_text().splitlines()][1:]
-    images = warmup * config.batch_size
-    return len(intervals) * images / sum(images / s["img_per_s"] for s in intervals)
+        return speed_after_warmup(Path(out) / "steps.jsonl")
 
 
 def reslab_ddp_speed(data: str, processes: int, iterations: int, warmup: int) -> float:
     """Images/s (all processes together) of ``torchrun --nproc-per-node N -m reslab train resnet20``
     with one thread per process, over the iterations after the warm-up."""
-    if iterations % warmup:
-        raise ValueError("--iterations must be a multiple of --warmup (steps.jsonl logs every --warmup iterations)")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
@@ -63,7 +57,13 @@ def reslab_ddp_speed(data: str, processes: int, iterations: int, warmup: int) ->
                    "--iterations", str(warmup + iterations), "--log-interval", str(warmup), "--no-tta-flip",
                    "--progress", "quiet", "--threads", "1"]
         subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        intervals = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()][1:]
+        return speed_after_warmup(out / "steps.jsonl")
+
+
+def speed_after_warmup(steps_file: Path) -> float:
+    """Images/s over a run's steps.jsonl intervals (logged every --warmup iterations, so all of
+    equal size) after the first one, the warm-up: total images over total seconds."""
+    intervals = [json.loads(line) for line in steps_file.read_text().splitlines()][1:]
     return len(intervals) / sum(1 / s["img_per_s"] for s in intervals)
 
 
@@ -89,6 +89,8 @@ def main() -> None:
                         help="also time the fast recipe as this many one-thread torchrun processes (0 = no)")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
     args = parser.parse_args()
+    if args.iterations % args.warmup:
+        parser.error("--iterations must be a multiple of --warmup (steps.jsonl logs every --warmup iterations)")
 
     from reslab.data import load_dataset
 
