@@ -227,6 +227,34 @@ def test_train_batches_are_translated_flipped_crops_of_their_images():
     assert any(flipped for _, _, flipped in seen) and any((dy, dx) != (2, 2) for dy, dx, _ in seen)
 
 
+def flipped_per_epoch(loader: BatchLoader, data: ImageDataset, epochs: int) -> torch.Tensor:
+    """bool [epochs, N]: whether image i came out mirrored in epoch e (images are asymmetric)."""
+    rows = []
+    for epoch in range(epochs):
+        seen = torch.zeros(len(data), dtype=torch.bool)
+        for batch, start in enumerate(range(0, len(data), loader.batch_size)):
+            indices = torch.arange(start, start + loader.batch_size)
+            out = loader.assemble(indices, epoch, batch).round().to(torch.uint8).permute(0, 2, 3, 1)
+            for i, image in zip(indices.tolist(), out):
+                mirrored = torch.equal(image, data.images[i].flip(1))
+                assert mirrored or torch.equal(image, data.images[i])
+                seen[i] = mirrored
+        rows.append(seen)
+    return torch.stack(rows)
+
+
+def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
+    data = indexed_dataset(64, size=6)
+    loader = BatchLoader(data, 16, train=True, crop_padding=0, alternating_flip=True, seed=3, **RAW)
+    flips = flipped_per_epoch(loader, data, epochs=4)
+    assert 16 < int(flips[0].sum()) < 48  # epoch 0: a coin per image
+    assert torch.equal(flips[1], ~flips[0]) and torch.equal(flips[2], flips[0]) and torch.equal(flips[3], ~flips[0])
+    again = BatchLoader(data, 16, train=True, crop_padding=0, alternating_flip=True, seed=3, **RAW)
+    assert torch.equal(flipped_per_epoch(again, data, epochs=1)[0], flips[0])  # seeded: resumable
+    coins = flipped_per_epoch(BatchLoader(data, 16, train=True, crop_padding=0, seed=3, **RAW), data, epochs=4)
+    assert not all(torch.equal(coins[e + 1], ~coins[e]) for e in range(3))  # the default: independent coins
+
+
 def test_normalisation_and_channels_last_option():
     data = indexed_dataset(10, size=4)
     mean, std = channel_stats(data)

@@ -47,6 +47,9 @@ class BatchLoader:
     ``crop_padding`` (``padding_mode`` 'zeros', as He et al. 2016, or 'reflect', as Wide ResNets),
     a horizontal flip with probability 1/2 (``flip``) and, if ``cutout`` > 0, a ``cutout x cutout``
     square set to zero after normalisation (DeVries & Taylor 2017). ``drop_last`` defaults to True.
+    With ``alternating_flip`` the flips are not a coin per image per epoch: each image is flipped
+    in every other epoch, starting (epoch 0) from a seeded coin per image, so any two consecutive
+    epochs show every image both ways (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds", sec. 3.6).
 
     Eval mode: no augmentation, the data set's own order, every sample (``drop_last`` False).
 
@@ -64,7 +67,7 @@ class BatchLoader:
 
     def __init__(self, dataset: ImageDataset, batch_size: int, *, train: bool, mean: Sequence[float],
                  std: Sequence[float], device: str | torch.device = "cpu", crop_padding: int = 4,
-                 padding_mode: str = "zeros", flip: bool = True, cutout: int = 0, seed: int = 0,
+                 padding_mode: str = "zeros", flip: bool = True, alternating_flip: bool = False, cutout: int = 0, seed: int = 0,
                  drop_last: bool | None = None, rank: int = 0, world_size: int = 1,
                  channels_last: bool = True) -> None:
         if batch_size < 1:
@@ -98,6 +101,9 @@ class BatchLoader:
         self.mean, self.std = mean_t.to(self.device), std_t.to(self.device)
         self.crop_padding = crop_padding if train else 0
         self.flip = flip and train
+        # Alternating flips: image i is flipped in epoch e iff first_flip[i] xor (e odd).
+        self.first_flip = (torch.rand(len(dataset), generator=seeded_generator(seed, -1)) < 0.5).to(device) \
+            if self.flip and alternating_flip else None
         self.cutout = cutout if train else 0
         self.num_examples = len(dataset)
         # The only copy of the data kept: on the device, padded once for the crops when training.
@@ -173,6 +179,8 @@ class BatchLoader:
                                        flip=self.flip, cutout=self.cutout,
                                        generator=seeded_generator(self.seed, epoch, batch, self.rank))
             params = params.to(self.device)
+            if self.first_flip is not None:
+                params.flip = self.first_flip[indices] ^ bool(epoch % 2)
             pixels = crop_flip(self.images, indices, params, self.height, self.width)
         else:
             pixels = self.images.index_select(0, indices)
