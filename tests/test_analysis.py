@@ -316,6 +316,23 @@ def test_evaluate_in_batches():
     assert "accuracy 66.67%" in result.format()
 
 
+def test_evaluate_with_test_time_flips_averages_the_mirror_view():
+    class LeftVersusRight(nn.Module):  # logits: (mean of the left half, mean of the right half)
+        def forward(self, x):
+            return torch.stack([x[..., :2].mean((1, 2, 3)), x[..., 2:].mean((1, 2, 3))], 1)
+
+    images = torch.zeros(2, 1, 4, 4)
+    images[0, ..., :2] = 1.0  # bright on the left: class 0 single view
+    images[1, ..., :2], images[1, ..., 2:] = 1.0, 3.0  # brighter on the right: class 1 either way
+    labels = torch.tensor([0, 1])
+    single = evaluate(LeftVersusRight(), [(images, labels)], ["left", "right"])
+    flipped = evaluate(LeftVersusRight(), [(images, labels)], ["left", "right"], tta_flip=True)
+    assert single.accuracy == 1.0
+    assert flipped.confusion == [[1, 0], [0, 1]]  # image 0's logits tie (0.5, 0.5): argmax is class 0
+    assert evaluate(LeftVersusRight(), [(images.flip(3), labels)], ["left", "right"]).accuracy == 0.0
+    assert evaluate(LeftVersusRight(), [(images.flip(3), labels)], ["l", "r"], tta_flip=True).accuracy == 1.0
+
+
 def test_check_classes_refuses_another_data_set():
     card = make_card("resnet20", tiny_net(), class_names=["a", "b", "c"])
     assert check_classes(card, ["a", "b", "c"]) == ["a", "b", "c"]
@@ -394,9 +411,12 @@ def test_commands_end_to_end(tiny_cifar, tmp_path, capsys, monkeypatch):
                                                                       mean=(0.5,) * 3, std=(0.25,) * 3))
     ckpt, plain, out = str(tmp_path / "resnet20.safetensors"), str(tmp_path / "plain20.safetensors"), tmp_path / "out"
     data = ["--data", str(tiny_cifar), "--images", "10"]
+    assert main(["eval", ckpt, *data, "--out", str(out / "eval_tta"), "--tta-flip", "--tta-translate", "1"]) == 0
+    table = json.loads((out / "eval_tta" / "eval.json").read_text())
+    assert table["tta_flip"] and table["tta_translate"] == 1 and table["num_images"] == 10
     assert main(["eval", ckpt, *data, "--out", str(out / "eval")]) == 0
     table = json.loads((out / "eval" / "eval.json").read_text())
-    assert table["num_images"] == 10 and sum(map(sum, table["confusion"])) == 10
+    assert table["num_images"] == 10 and sum(map(sum, table["confusion"])) == 10 and not table["tta_flip"]
     assert main(["lesion", ckpt, *data, "--plain", plain, "--max-k", "1", "--draws", "1", "--out", str(out / "lesion")]) == 0
     lesion = json.loads((out / "lesion" / "lesion.json").read_text())
     assert len(lesion["single"]["blocks"]) == 9 and sum(r["downsampling"] for r in lesion["single"]["blocks"]) == 2

@@ -48,13 +48,17 @@ def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Sequence[Batch], *, bf16: bool = False) -> tuple[Tensor, Tensor]:
-    """Predicted classes and true labels of every image of ``batches`` (eval mode)."""
+def predict(model: nn.Module, batches: Sequence[Batch], *, bf16: bool = False, tta_flip: bool = False,
+            tta_translate: int = 0) -> tuple[Tensor, Tensor]:
+    """Predicted classes and true labels of every image of ``batches`` (eval mode); ``tta_flip``
+    and ``tta_translate`` average the logits of test-time views (:func:`reslab.train.extras.tta_logits`)."""
+    from reslab.train.extras import tta_logits
+
     predictions, labels = [], []
     with evaluation_mode(model):
         for images, targets in batches:
             with autocast(images.device, bf16):
-                logits = model(images)
+                logits = tta_logits(model, images, flip=tta_flip, translate=tta_translate)
             predictions.append(logits.argmax(1).cpu())
             labels.append(targets.cpu())
     if not predictions:
@@ -121,9 +125,11 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def evaluate(model: nn.Module, batches: Sequence[Batch], class_names: Sequence[str], *, bf16: bool = False) -> Evaluation:
-    """Accuracy, per-class accuracy and confusion matrix of ``model`` on ``batches``."""
-    predictions, labels = predict(model, batches, bf16=bf16)
+def evaluate(model: nn.Module, batches: Sequence[Batch], class_names: Sequence[str], *, bf16: bool = False,
+             tta_flip: bool = False, tta_translate: int = 0) -> Evaluation:
+    """Accuracy, per-class accuracy and confusion matrix of ``model`` on ``batches`` (with
+    test-time views if asked, as :func:`predict`)."""
+    predictions, labels = predict(model, batches, bf16=bf16, tta_flip=tta_flip, tta_translate=tta_translate)
     confusion = confusion_matrix(labels, predictions, len(class_names))
     return Evaluation(num_images=len(labels), accuracy=(predictions == labels).double().mean().item(),
                       class_names=list(class_names), per_class_accuracy=per_class_accuracy(confusion),

@@ -9,7 +9,7 @@ The data options here are shared by the analysis commands (lesion, paths, respon
 
 import argparse
 
-from reslab.argtypes import positive_int, random_seed
+from reslab.argtypes import nonnegative_int, positive_int, random_seed
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, required: bool = True, precision: bool = True) -> None:
@@ -60,6 +60,9 @@ def load_checkpoint_batches(path: str, dataset, args: argparse.Namespace):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="model file or run folder")
     add_data_arguments(parser)
+    parser.add_argument("--tta-flip", action="store_true", help="average the logits of each image and its mirror image")
+    parser.add_argument("--tta-translate", type=nonnegative_int, default=0, metavar="PIXELS",
+                        help="also average views shifted this many pixels up-left and down-right (half the weight)")
     parser.add_argument("--out", default="results/eval", metavar="DIR", help="folder for eval.json and confusion.png")
 
 
@@ -71,12 +74,15 @@ def run(args: argparse.Namespace) -> int:
 
     dataset = load_images(args)
     model, card, classes, batches = load_checkpoint_batches(args.checkpoint, dataset, args)
-    result = evaluate(model, batches, classes, bf16=not args.fp32)
-    print(f"{card.model} on {args.data} ({args.split}): " + result.format())
+    result = evaluate(model, batches, classes, bf16=not args.fp32, tta_flip=args.tta_flip, tta_translate=args.tta_translate)
+    views = [name for name, on in (("flips", args.tta_flip), (f"{args.tta_translate}-pixel shifts", args.tta_translate)) if on]
+    views = f" with test-time {' and '.join(views)}" if views else ""
+    print(f"{card.model} on {args.data} ({args.split}){views}: " + result.format())
     out = Path(args.out)
     write_json(out / "eval.json", {"experiment": "eval", "title": f"Evaluation of {card.model} ({args.split} split)",
                                    "checkpoint": str(args.checkpoint), "model": card.model, "data": str(args.data),
-                                   "split": args.split, "precision": "fp32" if args.fp32 else "bf16", **result.to_dict()})
+                                   "split": args.split, "precision": "fp32" if args.fp32 else "bf16", "tta_flip": args.tta_flip,
+                                   "tta_translate": args.tta_translate, **result.to_dict()})
     plot_confusion(result, out / "confusion.png", title=f"{card.model}: accuracy {100 * result.accuracy:.2f}% "
                                                          f"on {result.num_images} {args.split} images")
     print(f"wrote {out / 'eval.json'} and {out / 'confusion.png'}")
