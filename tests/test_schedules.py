@@ -146,6 +146,8 @@ def test_recipes_hold_the_papers_values():
     assert TrainConfig.from_recipe("resnext").weight_decay == 5e-4
     fast = TrainConfig.from_recipe("fast")
     assert not fast.decay_norm_and_bias and fast.label_smoothing == 0.1 and fast.tta_flip and fast.nesterov
+    assert fast.alternating_flip and fast.tta_translate == 1 and fast.compile
+    assert not paper.alternating_flip and paper.tta_translate == 0 and not paper.compile
     assert set(RECIPES) == {"paper", "preact", "wrn", "resnext", "stochastic-depth", "fast"}
 
 

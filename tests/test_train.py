@@ -350,3 +350,73 @@ def test_tensorboard_without_the_package_is_a_clear_error(tiny_cifar, tmp_path):
         pass
     with pytest.raises(ReslabError, match="--tensorboard needs the tensorboard package: pip install tensorboard"):
         train(tiny_config(tiny_cifar, tmp_path / "run", tensorboard=True))
+
+
+# ------------------------------------------------------------------------------------------
+# Test-time views and compiling
+
+
+class PixelLogits(torch.nn.Module):
+    """A 'model' whose logits are the pixels of channel 0, so every view can be checked."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0].flatten(1)
+
+
+def test_tta_logits_average_the_mirror_and_the_translated_views():
+    from reslab.train.extras import tta_logits
+
+    model = PixelLogits()
+    x = torch.randn(2, 3, 6, 6)
+    assert torch.equal(tta_logits(model, x), model(x))
+    flip = (model(x) + model(x.flip(3))) / 2
+    assert torch.allclose(tta_logits(model, x, flip=True), flip)
+    # shifted by 1 pixel up-left / down-right: the image moves, reflected pixels enter at the edge
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = [padded[..., :6, :6], padded[..., 2:, 2:]]
+    assert torch.equal(shifted[1][:, :, :5, :5], x[:, :, 1:, 1:])
+    views = [(model(v) + model(v.flip(3))) / 2 for v in shifted]
+    expected = flip / 2 + (views[0] + views[1]) / 4
+    assert torch.allclose(tta_logits(model, x, flip=True, translate=1), expected, atol=1e-6)
+
+
+def test_compile_is_skipped_for_short_runs_and_without_a_cxx_compiler(monkeypatch):
+    model = torch.nn.Linear(2, 2)
+    config = TrainConfig(compile=True, compile_min_iterations=100)
+    same, note = trainer._maybe_compile(model, config, 99)
+    assert same is model and "skipped" in note and "--compile-min-iterations 100" in note
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    same, note = trainer._maybe_compile(model, config, 100)
+    assert same is model and "no C++ compiler" in note
+    monkeypatch.setenv("CXX", "g++")
+    compiled, note = trainer._maybe_compile(model, config, 100)
+    assert compiled is not model and compiled._orig_mod is model and note.startswith("compile: torch.compile")
+    assert trainer._maybe_compile(model, TrainConfig(compile=False), 10**6) == (model, "")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_stops_the_page_faults_of_repeated_large_buffers():
+    """Run in a fresh interpreter: the setting is process-wide and cannot be undone."""
+    script = textwrap.dedent("""
+        import resource, sys, torch
+        from reslab.train.memory import keep_freed_memory
+        def step():  # like a training step: a few 4 MiB activations live at once, then all freed
+            held = [torch.ones(1 << 20) for _ in range(8)]
+            del held
+        def faults_per_round():
+            for _ in range(3):
+                step()
+            start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for _ in range(20):
+                step()
+            return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 20
+        before = faults_per_round()
+        agreed = keep_freed_memory()
+        print(before, faults_per_round(), agreed)
+    """)
+    before, after, agreed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                           check=True).stdout.split()
+    assert agreed == "True"
+    assert float(before) > 4000  # glibc gave the 32 MiB back, so 8,192 pages of 4 KiB fault in again
+    assert float(after) < 10

@@ -1,5 +1,5 @@
 """Opt-in training extras, off in the paper recipes: an exponential moving average of the
-weights, and batched mixup / CutMix.
+weights, batched mixup / CutMix, and test-time augmentation.
 
 * :class:`ModelEma`: Polyak averaging with an exponential weight (as in timm's ``ModelEmaV2``):
   after each step ``ema = decay * ema + (1 - decay) * live``. Batch-norm running statistics are
@@ -10,6 +10,9 @@ weights, and batched mixup / CutMix.
   CutMix (Yun et al. 2019, sec. 3.1) of a whole batch with a permutation of itself, one mixing
   ratio per batch drawn from Beta(alpha, alpha), with a generator seeded by the iteration, so a
   resumed run draws the same.
+* :func:`tta_logits`: test-time augmentation by mirror images and small translations, as
+  airbench's evaluation (Jordan 2024, sec. 3.7): the logits of the views are averaged, the
+  translated views together weighing as much as the untranslated ones.
 """
 
 from __future__ import annotations
@@ -79,3 +82,24 @@ def mixed_loss(logits: Tensor, labels: Tensor, partner: Optional[Tensor], lam: f
     if partner is None:
         return loss
     return lam * loss + (1.0 - lam) * F.cross_entropy(logits, partner, label_smoothing=label_smoothing)
+
+
+def tta_logits(model: nn.Module, images: Tensor, *, flip: bool = False, translate: int = 0) -> Tensor:
+    """Float logits of ``model`` on ``images`` ``[B, C, H, W]`` averaged over test-time views: the
+    images and, with ``flip``, their mirror images (along the width); with ``translate`` t > 0,
+    also those views shifted by t pixels up-left and down-right (edges padded by reflection).
+    Untranslated views weigh 1/2 together and translated views 1/2 (without ``translate``, all)."""
+    def views(batch: Tensor) -> Tensor:
+        logits = model(batch).float()
+        return (logits + model(batch.flip(3)).float()) / 2 if flip else logits
+
+    logits = views(images)
+    if translate <= 0:
+        return logits
+    padded = F.pad(images, (translate,) * 4, mode="reflect")
+    height, width = images.shape[-2:]
+    up_left = padded[..., :height, :width]
+    down_right = padded[..., 2 * translate:, 2 * translate:]
+    shifted = (views(up_left.contiguous(memory_format=torch.channels_last))
+               + views(down_right.contiguous(memory_format=torch.channels_last))) / 2
+    return (logits + shifted) / 2

@@ -32,7 +32,8 @@ from reslab.errors import DataError, ReslabError, TrainingError
 from reslab.train import distributed
 from reslab.train.config import TrainConfig
 from reslab.train.distributed import DistributedEnv
-from reslab.train.extras import ModelEma, mix_batch, mixed_loss
+from reslab.train.extras import ModelEma, mix_batch, mixed_loss, tta_logits
+from reslab.train.memory import keep_freed_memory
 from reslab.train.progress import METRICS_FILE, STEPS_FILE, Progress, RunLog
 from reslab.train.schedules import scale_lr, weighted_depth
 from reslab.train.state import (CHECKPOINT_FILE, CONFIG_FILE, RESULT_FILE, environment, load_training_state,
@@ -122,8 +123,7 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
             low_start.load_state_dict(state["progress"]["low_lr_start"])
         train_loader.load_state_dict(state["progress"]["loader"])
         run = RunState.from_dict(state["progress"])
-    if config.compile:
-        model = torch.compile(model)
+    model, compile_note = _maybe_compile(model, config, total - run.iteration)
 
     show = Progress(config.progress, env.is_main, total_epochs)
     if env.is_main:
@@ -137,7 +137,7 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
     show.message(data["summary"])
     show.message(f"{'resuming at' if state is not None else 'run:'} iteration {run.iteration} of {total} "
                  f"({total_epochs} epochs of {per_epoch} iterations of {config.batch_size} images); recipe {config.recipe or 'none'}")
-    for line in (scaling_note, describe_groups(optimizer.param_groups), "lr: " + schedule.describe()):
+    for line in (scaling_note, describe_groups(optimizer.param_groups), "lr: " + schedule.describe(), compile_note):
         if line:
             show.message(line)
     if low_start is not None:
@@ -244,7 +244,7 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
                 for split in ("val", "test"):
                     if split in data:
                         metrics[f"{split}_loss"], metrics[f"{split}_error"] = evaluate(
-                            evaluated, data[split], autocast, config.tta_flip, env)
+                            evaluated, data[split], autocast, env, flip=config.tta_flip, translate=config.tta_translate)
                 metrics["test_accuracy"] = 1.0 - metrics["test_error"]
                 metrics["eval_seconds"] = time.perf_counter() - started
                 model.train()
@@ -298,16 +298,15 @@ def describe_groups(groups: Sequence[dict]) -> str:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, autocast, tta_flip: bool, env: DistributedEnv) -> tuple[float, float]:
+def evaluate(model: nn.Module, loader, autocast, env: DistributedEnv, *, flip: bool = False,
+             translate: int = 0) -> tuple[float, float]:
     """(mean cross-entropy, error) of ``model`` in eval mode over ``loader``, summed over the
-    ranks' shards; with ``tta_flip`` the logits of each image and its mirror are averaged."""
+    ranks' shards; ``flip`` and ``translate`` add test-time views (:func:`tta_logits`)."""
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64)
     for images, labels in loader:
         with autocast():
-            logits = model(images).float()
-            if tta_flip:
-                logits = (logits + model(images.flip(3)).float()) / 2
+            logits = tta_logits(model, images, flip=flip, translate=translate)
         sums += torch.tensor([F.cross_entropy(logits, labels, reduction="sum").item(),
                               (logits.argmax(1) != labels).sum().item(), len(labels)], dtype=torch.float64)
     sums = distributed.all_reduce(sums.to(next(model.parameters()).device), env).cpu()
@@ -407,6 +406,8 @@ def _runtime(config: TrainConfig, device: torch.device) -> Iterator[None]:
                 torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     if config.threads:
         torch.set_num_threads(config.threads)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults on the activations of every step (reslab.train.memory)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
@@ -418,6 +419,23 @@ def _runtime(config: TrainConfig, device: torch.device) -> Iterator[None]:
         torch.set_num_threads(previous[0])
         torch.use_deterministic_algorithms(previous[1])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[2], previous[3]
+
+
+def _maybe_compile(model: nn.Module, config: TrainConfig, iterations_left: int) -> tuple[nn.Module, str]:
+    """``torch.compile(model)`` if ``--compile`` asks and it pays: the run is long enough to earn
+    back the compile time, and a C++ compiler exists (the CPU backend builds C++ kernels).
+    Returns the model to train and a line saying what was decided ("" without --compile)."""
+    import shutil
+
+    if not config.compile:
+        return model, ""
+    if iterations_left < config.compile_min_iterations:
+        return model, (f"compile: skipped, {iterations_left} iterations to go is less than "
+                       f"--compile-min-iterations {config.compile_min_iterations}")
+    compiler = os.environ.get("CXX") or next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
+    if next(model.parameters()).device.type == "cpu" and not compiler:
+        return model, "compile: skipped, no C++ compiler found (install g++ or set CXX); training eagerly"
+    return torch.compile(model), "compile: torch.compile (the first steps compile, then run fused kernels; evaluation runs eagerly)"
 
 
 def _seed_everything(seed: int) -> None:
@@ -517,7 +535,7 @@ def _load_data(config: TrainConfig, env: DistributedEnv, device: torch.device) -
         raise DataError(f"batch size {config.batch_size} is larger than the {len(sets['train'])} training images")
     loaders: dict[str, Any] = {"train": BatchLoader(
         sets["train"], config.batch_size, train=True, crop_padding=config.crop_padding, padding_mode=config.padding_mode,
-        flip=config.flip, cutout=config.cutout, seed=config.seed, **common)}
+        flip=config.flip, alternating_flip=config.alternating_flip, cutout=config.cutout, seed=config.seed, **common)}
     for split in ("val", "test"):
         if split in sets:
             loaders[split] = BatchLoader(sets[split], config.eval_batch_size * env.world_size, train=False, **common)
