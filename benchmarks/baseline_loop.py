@@ -94,7 +94,10 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/datasets/cifar10")
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads of the training process; 0 = torch's default")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     train = load_dataset(args.data, "train", progress=False)
     speed = measure(train.images.numpy(), train.labels.numpy(), args.iterations, args.warmup)
     print(f"baseline loop: {speed:.0f} images/s ({torch.get_num_threads()} threads, 2 loader workers, fp32 NCHW, batch 128)")
