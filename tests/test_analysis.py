@@ -317,20 +317,17 @@ def test_evaluate_in_batches():
 
 
 def test_evaluate_with_test_time_flips_averages_the_mirror_view():
-    class LeftVersusRight(nn.Module):  # logits: (mean of the left half, mean of the right half)
+    class LeftAndWhole(nn.Module):  # logits: (mean of the left half, 0.75 x mean of the image)
         def forward(self, x):
-            return torch.stack([x[..., :2].mean((1, 2, 3)), x[..., 2:].mean((1, 2, 3))], 1)
+            return torch.stack([x[..., :2].mean((1, 2, 3)), 0.75 * x.mean((1, 2, 3))], 1)
 
     images = torch.zeros(2, 1, 4, 4)
-    images[0, ..., :2] = 1.0  # bright on the left: class 0 single view
-    images[1, ..., :2], images[1, ..., 2:] = 1.0, 3.0  # brighter on the right: class 1 either way
-    labels = torch.tensor([0, 1])
-    single = evaluate(LeftVersusRight(), [(images, labels)], ["left", "right"])
-    flipped = evaluate(LeftVersusRight(), [(images, labels)], ["left", "right"], tta_flip=True)
-    assert single.accuracy == 1.0
-    assert flipped.confusion == [[1, 0], [0, 1]]  # image 0's logits tie (0.5, 0.5): argmax is class 0
-    assert evaluate(LeftVersusRight(), [(images.flip(3), labels)], ["left", "right"]).accuracy == 0.0
-    assert evaluate(LeftVersusRight(), [(images.flip(3), labels)], ["l", "r"], tta_flip=True).accuracy == 1.0
+    images[0, ..., :2] = 1.0  # single view (1, 0.375): class 0; mirror (0, 0.375); mean (0.5, 0.375): class 0
+    images[1, ..., 2:] = 1.0  # single view (0, 0.375): class 1; mirror (1, 0.375); mean (0.5, 0.375): class 0
+    batches = [(images, torch.tensor([0, 1]))]
+    assert evaluate(LeftAndWhole(), batches, ["a", "b"]).accuracy == 1.0
+    flipped = evaluate(LeftAndWhole(), batches, ["a", "b"], tta_flip=True)
+    assert flipped.confusion == [[1, 0], [1, 0]] and flipped.accuracy == 0.5
 
 
 def test_check_classes_refuses_another_data_set():
