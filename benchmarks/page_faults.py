@@ -6,6 +6,7 @@ training step of ResNet-20 (batch 128, random data) in fresh processes, eager an
 with glibc's defaults and with ``keep_freed_memory()``, taking turns for ``--repeats`` rounds:
 
     python benchmarks/page_faults.py --repeats 3
+    python benchmarks/page_faults.py --profile    # where the time of the step reslab runs goes
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import json, resource, sys, time
 import torch, torch.nn.functional as F
 from reslab import create_model
 from reslab.train.memory import keep_freed_memory
-keep, compiled, steps = sys.argv[1] == "1", sys.argv[2] == "1", int(sys.argv[3])
+keep, compiled, steps, profile = sys.argv[1] == "1", sys.argv[2] == "1", int(sys.argv[3]), sys.argv[4] == "1"
 if keep:
     keep_freed_memory()
 torch.manual_seed(0)
@@ -38,6 +39,13 @@ def step():
     optimizer.step()
 for _ in range(10):
     step()
+if profile:
+    from torch.profiler import profile as profiler
+    with profiler() as trace:
+        for _ in range(steps):
+            step()
+    print(trace.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
+    sys.exit()
 faults, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
 for _ in range(steps):
     step()
@@ -47,17 +55,25 @@ print(json.dumps({"img_per_s": steps * 128 / seconds,
 """
 
 
+def run_step(keep: bool, compiled: bool, steps: int, profile: bool = False) -> str:
+    return subprocess.run([sys.executable, "-c", STEP, str(int(keep)), str(int(compiled)), str(steps), str(int(profile))],
+                          check=True, capture_output=True, text=True).stdout
+
+
 def measure(keep: bool, compiled: bool, steps: int) -> dict:
-    output = subprocess.run([sys.executable, "-c", STEP, str(int(keep)), str(int(compiled)), str(steps)],
-                            check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    return json.loads(run_step(keep, compiled, steps).strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=40, help="timed steps per measurement (after 10 untimed)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each setting is timed once per round, in turn")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead, print a torch.profiler table of the compiled step with keep_freed_memory()")
     args = parser.parse_args()
+    if args.profile:
+        print(run_step(True, True, args.steps, profile=True))
+        return
     settings = [(compiled, keep) for compiled in (False, True) for keep in (False, True)]
     results: dict[tuple, list[dict]] = {s: [] for s in settings}
     for _ in range(args.repeats):

@@ -284,7 +284,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 def describe_recipes() -> str:
     """A table of the recipes' main values (for ``reslab train --list-recipes``)."""
     columns = ("epochs", "iterations", "batch_size", "lr", "nesterov", "weight_decay", "decay_norm_and_bias",
-               "schedule", "milestones", "gamma", "warmup", "label_smoothing", "tta_flip", "low_lr")
+               "schedule", "milestones", "gamma", "warmup", "label_smoothing", "alternating_flip", "tta_flip", "tta_translate",
+               "compile", "low_lr")
     rows = [["recipe", *columns]]
     for name in RECIPES:
         config = TrainConfig.from_recipe(name)
