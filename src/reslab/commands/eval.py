@@ -75,11 +75,13 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_images(args)
     model, card, classes, batches = load_checkpoint_batches(args.checkpoint, dataset, args)
     result = evaluate(model, batches, classes, bf16=not args.fp32, tta_flip=args.tta_flip, tta_translate=args.tta_translate)
-    views = [name for name, on in (("flips", args.tta_flip), (f"{args.tta_translate}-pixel shifts", args.tta_translate)) if on]
-    views = f" with test-time {' and '.join(views)}" if views else ""
+    view_names = " and ".join(name for name, on in (("flips", args.tta_flip),
+                                                    (f"{args.tta_translate}-pixel shifts", args.tta_translate)) if on)
+    views = f" with test-time {view_names}" if view_names else ""
     print(f"{card.model} on {args.data} ({args.split}){views}: " + result.format())
     out = Path(args.out)
-    write_json(out / "eval.json", {"experiment": "eval", "title": f"Evaluation of {card.model} ({args.split} split)",
+    write_json(out / "eval.json", {"experiment": "eval", "title": f"Evaluation of {card.model} ({args.split} split"
+                                   f"{', test-time ' + view_names if view_names else ''})",
                                    "checkpoint": str(args.checkpoint), "model": card.model, "data": str(args.data),
                                    "split": args.split, "precision": "fp32" if args.fp32 else "bf16", "tta_flip": args.tta_flip,
                                    "tta_translate": args.tta_translate, **result.to_dict()})
