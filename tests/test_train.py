@@ -378,6 +378,14 @@ def test_tta_logits_average_the_mirror_and_the_translated_views():
     views = [(model(v) + model(v.flip(3))) / 2 for v in shifted]
     expected = flip / 2 + (views[0] + views[1]) / 4
     assert torch.allclose(tta_logits(model, x, flip=True, translate=1), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="shift of 6 pixels"):
+        tta_logits(model, x, translate=6)
+
+
+def test_a_test_time_shift_too_large_for_the_images_is_refused_before_training(tiny_cifar, tmp_path):
+    with pytest.raises(ReslabError, match="--tta-translate 32 needs images larger"):
+        train(tiny_config(tiny_cifar, tmp_path / "run", tta_translate=32))
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 def test_compile_is_skipped_for_short_runs_and_without_a_cxx_compiler(monkeypatch):

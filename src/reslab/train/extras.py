@@ -93,13 +93,14 @@ def tta_logits(model: nn.Module, images: Tensor, *, flip: bool = False, translat
         logits = model(batch).float()
         return (logits + model(batch.flip(3)).float()) / 2 if flip else logits
 
+    height, width = images.shape[-2:]
+    if translate >= min(height, width):
+        raise ValueError(f"a test-time shift of {translate} pixels needs images larger than that, got {height}x{width}")
     logits = views(images)
     if translate <= 0:
         return logits
+    layout = torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     padded = F.pad(images, (translate,) * 4, mode="reflect")
-    height, width = images.shape[-2:]
-    up_left = padded[..., :height, :width]
-    down_right = padded[..., 2 * translate:, 2 * translate:]
-    shifted = (views(up_left.contiguous(memory_format=torch.channels_last))
-               + views(down_right.contiguous(memory_format=torch.channels_last))) / 2
-    return (logits + shifted) / 2
+    up_left = padded[..., :height, :width].contiguous(memory_format=layout)
+    down_right = padded[..., 2 * translate:, 2 * translate:].contiguous(memory_format=layout)
+    return (logits + (views(up_left) + views(down_right)) / 2) / 2

@@ -531,6 +531,9 @@ def _load_data(config: TrainConfig, env: DistributedEnv, device: torch.device) -
     mean, std = channel_stats(sets["train"])
     common = dict(mean=mean, std=std, device=device, rank=env.rank, world_size=env.world_size,
                   channels_last=config.channels_last)
+    if config.tta_translate >= min(train_set.image_size):
+        raise DataError(f"--tta-translate {config.tta_translate} needs images larger than that; these are "
+                        f"{train_set.image_size[0]}x{train_set.image_size[1]}")
     if config.batch_size > len(sets["train"]):
         raise DataError(f"batch size {config.batch_size} is larger than the {len(sets['train'])} training images")
     loaders: dict[str, Any] = {"train": BatchLoader(
