@@ -2,7 +2,7 @@
 
 glibc hands large freed buffers back to the kernel, so each ResNet-20 step faults its
 activations in again (see :mod:`reslab.train.memory`). This times the bare bf16 channels_last
-training step of ResNet-20 (batch 128, random data) in fresh processes, eager and compiled,
+training step of ResNet-20 (``reslab bench --mode train``'s step: batch 128, random data) in fresh processes, eager and compiled,
 with glibc's defaults and with ``keep_freed_memory()``, taking turns for ``--repeats`` rounds:
 
     python benchmarks/page_faults.py --repeats 3
@@ -19,24 +19,18 @@ import sys
 
 STEP = """
 import json, resource, sys, time
-import torch, torch.nn.functional as F
+import torch
 from reslab import create_model
+from reslab.inference.bench import BenchSetup, make_step
 from reslab.train.memory import keep_freed_memory
 keep, compiled, steps, profile = sys.argv[1] == "1", sys.argv[2] == "1", int(sys.argv[3]), sys.argv[4] == "1"
 if keep:
     keep_freed_memory()
 torch.manual_seed(0)
-model = create_model("resnet20").to(memory_format=torch.channels_last)
-optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, foreach=True)
-run = torch.compile(model) if compiled else model
-x = torch.randn(128, 3, 32, 32).to(memory_format=torch.channels_last)
-y = torch.randint(0, 10, (128,))
-def step():
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = F.cross_entropy(run(x).float(), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+step = make_step(create_model("resnet20"), "train", BenchSetup(precision="bf16", channels_last=True), 128, 32,
+                 torch.device("cpu"))  # the training step `reslab bench --mode train` times
+if compiled:
+    step.model = torch.compile(step.model)
 for _ in range(10):
     step()
 if profile:
