@@ -71,13 +71,10 @@ def run(args: argparse.Namespace) -> int:
 
     from reslab.analysis.evaluate import evaluate, plot_confusion
     from reslab.analysis.plots import write_json
-
-    from reslab.errors import DataError
+    from reslab.train.extras import check_tta_translate
 
     dataset = load_images(args)
-    if args.tta_translate >= min(dataset.image_size):
-        raise DataError(f"--tta-translate {args.tta_translate} needs images larger than that; these are "
-                        f"{dataset.image_size[0]}x{dataset.image_size[1]}")
+    check_tta_translate(args.tta_translate, dataset.image_size)
     model, card, classes, batches = load_checkpoint_batches(args.checkpoint, dataset, args)
     result = evaluate(model, batches, classes, bf16=not args.fp32, tta_flip=args.tta_flip, tta_translate=args.tta_translate)
     view_names = " and ".join(name for name, on in (("flips", args.tta_flip),

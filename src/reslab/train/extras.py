@@ -84,6 +84,16 @@ def mixed_loss(logits: Tensor, labels: Tensor, partner: Optional[Tensor], lam: f
     return lam * loss + (1.0 - lam) * F.cross_entropy(logits, partner, label_smoothing=label_smoothing)
 
 
+def check_tta_translate(translate: int, image_size: tuple[int, int]) -> None:
+    """Raise DataError if test-time shifts of ``translate`` pixels do not fit images of ``image_size``
+    (called where the flag meets the data, before any training or evaluation)."""
+    from reslab.errors import DataError
+
+    if translate >= min(image_size):
+        raise DataError(f"--tta-translate {translate} needs images larger than that; these are "
+                        f"{image_size[0]}x{image_size[1]}")
+
+
 def tta_logits(model: nn.Module, images: Tensor, *, flip: bool = False, translate: int = 0) -> Tensor:
     """Float logits of ``model`` on ``images`` ``[B, C, H, W]`` averaged over test-time views: the
     images and, with ``flip``, their mirror images (along the width); with ``translate`` t > 0,

@@ -32,7 +32,7 @@ from reslab.errors import DataError, ReslabError, TrainingError
 from reslab.train import distributed
 from reslab.train.config import TrainConfig
 from reslab.train.distributed import DistributedEnv
-from reslab.train.extras import ModelEma, mix_batch, mixed_loss, tta_logits
+from reslab.train.extras import ModelEma, check_tta_translate, mix_batch, mixed_loss, tta_logits
 from reslab.train.memory import keep_freed_memory
 from reslab.train.progress import METRICS_FILE, STEPS_FILE, Progress, RunLog
 from reslab.train.schedules import scale_lr, weighted_depth
@@ -531,9 +531,7 @@ def _load_data(config: TrainConfig, env: DistributedEnv, device: torch.device) -
     mean, std = channel_stats(sets["train"])
     common = dict(mean=mean, std=std, device=device, rank=env.rank, world_size=env.world_size,
                   channels_last=config.channels_last)
-    if config.tta_translate >= min(train_set.image_size):
-        raise DataError(f"--tta-translate {config.tta_translate} needs images larger than that; these are "
-                        f"{train_set.image_size[0]}x{train_set.image_size[1]}")
+    check_tta_translate(config.tta_translate, train_set.image_size)
     if config.batch_size > len(sets["train"]):
         raise DataError(f"batch size {config.batch_size} is larger than the {len(sets['train'])} training images")
     loaders: dict[str, Any] = {"train": BatchLoader(
