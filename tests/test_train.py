@@ -389,7 +389,7 @@ def test_a_test_time_shift_too_large_for_the_images_is_refused_before_training(t
 
 
 def test_compile_is_skipped_for_short_runs_and_without_a_cxx_compiler(monkeypatch):
-    model = torch.nn.Linear(2, 2)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), torch.nn.BatchNorm2d(2))
     config = TrainConfig(compile=True, compile_min_iterations=100)
     same, note = trainer._maybe_compile(model, config, 99)
     assert same is model and "skipped" in note and "--compile-min-iterations 100" in note
@@ -397,9 +397,11 @@ def test_compile_is_skipped_for_short_runs_and_without_a_cxx_compiler(monkeypatc
     monkeypatch.setattr("shutil.which", lambda name: None)
     same, note = trainer._maybe_compile(model, config, 100)
     assert same is model and "no C++ compiler" in note
+    assert type(model[1]) is torch.nn.BatchNorm2d  # eager training keeps PyTorch's own BN kernel
     monkeypatch.setenv("CXX", "g++")
     compiled, note = trainer._maybe_compile(model, config, 100)
     assert compiled is not model and compiled._orig_mod is model and note.startswith("compile: torch.compile")
+    assert type(model[1]).__name__ == "MomentBatchNorm2d" and "1 BN layers" in note
     assert trainer._maybe_compile(model, TrainConfig(compile=False), 10**6) == (model, "")
 
 
