@@ -1,12 +1,19 @@
-"""Page faults per training step, and images/s, with and without ``keep_freed_memory``.
+"""The bare ResNet-20 training step: page faults, batch-norm kernels, profile.
 
-glibc hands large freed buffers back to the kernel, so each ResNet-20 step faults its
-activations in again (see :mod:`reslab.train.memory`). This times the bare bf16 channels_last
-training step of ResNet-20 (``reslab bench --mode train``'s step: batch 128, random data) in fresh processes, eager and compiled,
-with glibc's defaults and with ``keep_freed_memory()``, taking turns for ``--repeats`` rounds:
+Times the bf16 channels_last training step of ResNet-20 (``reslab bench --mode train``'s step:
+batch 128, random data) in fresh processes that take turns for ``--repeats`` rounds.
 
-    python benchmarks/page_faults.py --repeats 3
-    python benchmarks/page_faults.py --profile    # where the time of the step reslab runs goes
+- Page faults: glibc hands large freed buffers back to the kernel, so each step faults its
+  activations in again (see :mod:`reslab.train.memory`). Eager and compiled, with glibc's
+  defaults and with ``keep_freed_memory()``, faults per step and images/s.
+- ``--batchnorm``: the compiled step with ``nn.BatchNorm2d`` and with the trainer's
+  ``MomentBatchNorm2d`` (see :mod:`reslab.train.batchnorm`); the ratio of each round, since
+  this machine's speed drifts more between rounds than the two differ.
+- ``--profile``: a torch.profiler table of the compiled step (as the trainer runs it).
+
+    python benchmarks/train_step.py --repeats 3
+    python benchmarks/train_step.py --batchnorm --repeats 8
+    python benchmarks/train_step.py --profile
 """
 
 from __future__ import annotations
@@ -23,11 +30,16 @@ import torch
 from reslab import create_model
 from reslab.inference.bench import BenchSetup, make_step
 from reslab.train.memory import keep_freed_memory
-keep, compiled, steps, profile = sys.argv[1] == "1", sys.argv[2] == "1", int(sys.argv[3]), sys.argv[4] == "1"
+from reslab.train.batchnorm import use_moment_batch_norm
+keep, compiled, steps, profile, moment = (sys.argv[1] == "1", sys.argv[2] == "1", int(sys.argv[3]), sys.argv[4] == "1",
+                                          sys.argv[5] == "1")
 if keep:
     keep_freed_memory()
 torch.manual_seed(0)
-step = make_step(create_model("resnet20"), "train", BenchSetup(precision="bf16", channels_last=True), 128, 32,
+model = create_model("resnet20")
+if moment:
+    use_moment_batch_norm(model)
+step = make_step(model, "train", BenchSetup(precision="bf16", channels_last=True), 128, 32,
                  torch.device("cpu"))  # the training step `reslab bench --mode train` times
 if compiled:
     step.model = torch.compile(step.model)
@@ -49,13 +61,29 @@ print(json.dumps({"img_per_s": steps * 128 / seconds,
 """
 
 
-def run_step(keep: bool, compiled: bool, steps: int, profile: bool = False) -> str:
-    return subprocess.run([sys.executable, "-c", STEP, str(int(keep)), str(int(compiled)), str(steps), str(int(profile))],
-                          check=True, capture_output=True, text=True).stdout
+def run_step(keep: bool, compiled: bool, steps: int, profile: bool = False, moment: bool = False) -> str:
+    flags = [str(int(flag)) for flag in (keep, compiled)] + [str(steps)] + [str(int(flag)) for flag in (profile, moment)]
+    return subprocess.run([sys.executable, "-c", STEP, *flags], check=True, capture_output=True, text=True).stdout
 
 
-def measure(keep: bool, compiled: bool, steps: int) -> dict:
-    return json.loads(run_step(keep, compiled, steps).strip().splitlines()[-1])
+def measure(keep: bool, compiled: bool, steps: int, moment: bool = False) -> dict:
+    return json.loads(run_step(keep, compiled, steps, moment=moment).strip().splitlines()[-1])
+
+
+def compare_batchnorm(steps: int, repeats: int) -> None:
+    """Compiled step with nn.BatchNorm2d vs MomentBatchNorm2d, both with keep_freed_memory()."""
+    rounds = []
+    for _ in range(repeats):
+        rounds.append({moment: measure(True, True, steps, moment)["img_per_s"] for moment in (False, True)})
+    ratios = sorted(r[True] / r[False] for r in rounds)
+    middle = len(rounds) // 2
+    print(f"ResNet-20 compiled training step, bf16 channels_last, batch 128, {os.cpu_count()} cores; "
+          f"{repeats} rounds of {steps} steps, each round both layers in fresh processes")
+    for name, moment in (("nn.BatchNorm2d", False), ("MomentBatchNorm2d", True)):
+        speeds = sorted(r[moment] for r in rounds)
+        print(f"  {name:18s} median {speeds[middle]:5.0f} img/s  (range {speeds[0]:.0f}-{speeds[-1]:.0f})")
+    print(f"  speed-up per round: median {ratios[middle]:.2f}x, range {ratios[0]:.2f}-{ratios[-1]:.2f}x "
+          f"({sum(r > 1 for r in ratios)} of {repeats} rounds faster)")
 
 
 def main() -> None:
@@ -63,10 +91,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="timed steps per measurement (after 10 untimed)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each setting is timed once per round, in turn")
     parser.add_argument("--profile", action="store_true",
-                        help="instead, print a torch.profiler table of the compiled step with keep_freed_memory()")
+                        help="instead, print a torch.profiler table of the compiled step as the trainer runs it")
+    parser.add_argument("--batchnorm", action="store_true",
+                        help="instead, compare the compiled step with nn.BatchNorm2d and with MomentBatchNorm2d")
     args = parser.parse_args()
     if args.profile:
-        print(run_step(True, True, args.steps, profile=True))
+        print(run_step(True, True, args.steps, profile=True, moment=True))
+        return
+    if args.batchnorm:
+        compare_batchnorm(args.steps, args.repeats)
         return
     settings = [(compiled, keep) for compiled in (False, True) for keep in (False, True)]
     results: dict[tuple, list[dict]] = {s: [] for s in settings}
