@@ -6,7 +6,7 @@ batch 128, random data) in fresh processes that take turns for ``--repeats`` rou
 - Page faults: glibc hands large freed buffers back to the kernel, so each step faults its
   activations in again (see :mod:`reslab.train.memory`). Eager and compiled, with glibc's
   defaults and with ``keep_freed_memory()``, faults per step and images/s.
-- ``--batchnorm``: the compiled step with ``nn.BatchNorm2d`` and with the trainer's
+- ``--batchnorm``: the compiled step with ``nn.BatchNorm2d`` and with ``reslab train --moment-bn``'s
   ``MomentBatchNorm2d`` (see :mod:`reslab.train.batchnorm`); the ratio of each round, since
   this machine's speed drifts more between rounds than the two differ.
 - ``--profile``: a torch.profiler table of the compiled step (as the trainer runs it).
@@ -96,7 +96,7 @@ def main() -> None:
                         help="instead, compare the compiled step with nn.BatchNorm2d and with MomentBatchNorm2d")
     args = parser.parse_args()
     if args.profile:
-        print(run_step(True, True, args.steps, profile=True, moment=True))
+        print(run_step(True, True, args.steps, profile=True))
         return
     if args.batchnorm:
         compare_batchnorm(args.steps, args.repeats)

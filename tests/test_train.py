@@ -401,6 +401,8 @@ def test_compile_is_skipped_for_short_runs_and_without_a_cxx_compiler(monkeypatc
     monkeypatch.setenv("CXX", "g++")
     compiled, note = trainer._maybe_compile(model, config, 100)
     assert compiled is not model and compiled._orig_mod is model and note.startswith("compile: torch.compile")
+    assert type(model[1]) is torch.nn.BatchNorm2d and "MomentBatchNorm2d" not in note
+    compiled, note = trainer._maybe_compile(model, TrainConfig(compile=True, compile_min_iterations=100, moment_bn=True), 100)
     assert type(model[1]).__name__ == "MomentBatchNorm2d" and "1 BN layers" in note
     assert trainer._maybe_compile(model, TrainConfig(compile=False), 10**6) == (model, "")
 

@@ -14,8 +14,10 @@ depend on it): it lies within a few standard deviations of the mean, so the two 
 nearly cancel, which is what makes the textbook E[x^2] - E[x]^2 lose digits when
 |mean| >> std (the "shifted data" method, Chan, Golub & LeVeque 1983). Outputs, gradients and running
 statistics equal ``nn.BatchNorm2d``'s to rounding; the parameters and buffers are the same, so
-state dicts do not change. The trainer uses it only in the compiled step (``--compile``), where
-it is faster (``python benchmarks/batchnorm_ab.py``); eager PyTorch's own kernel is faster there.
+state dicts do not change. ``reslab train --compile --moment-bn`` uses it in the compiled step,
+where it is faster (``python benchmarks/train_step.py --batchnorm``: median 1.07x); in eager
+mode PyTorch's own kernel is faster. It is off in the recipes: three 22-epoch ResNet-20 runs
+with it ended 0.3-0.4 points below three without it, a gap not explained yet (see the README).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ pages and hands them back to the kernel on ``free``. A training step allocates a
 same few-megabyte activation buffers every iteration, so every step faults all of them in
 again, page by page, and the kernel zeroes each page first: on ResNet-20 at batch 128 that is
 2,000-4,600 page faults per step eagerly and 22,000-24,000 per step under ``torch.compile``
-(measured with ``getrusage``, ``benchmarks/page_faults.py``), 10-27% of the step time on our 2-core CPUs.
+(measured with ``getrusage``, ``benchmarks/train_step.py``), 10-27% of the step time on our 2-core CPUs.
 
 :func:`keep_freed_memory` raises the mmap threshold to its maximum (32 MiB on 64-bit glibc) and
 the trim threshold to 1 GiB through ``mallopt``, which is what the environment variables

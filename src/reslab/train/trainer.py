@@ -424,9 +424,9 @@ def _runtime(config: TrainConfig, device: torch.device) -> Iterator[None]:
 
 def _maybe_compile(model: nn.Module, config: TrainConfig, iterations_left: int) -> tuple[nn.Module, str]:
     """``torch.compile(model)`` if ``--compile`` asks and it pays: the run is long enough to earn
-    back the compile time, and a C++ compiler exists (the CPU backend builds C++ kernels). The
-    model's BN layers become :class:`~reslab.train.batchnorm.MomentBatchNorm2d`, which compile
-    to faster kernels (same state dict; evaluation unchanged).
+    back the compile time, and a C++ compiler exists (the CPU backend builds C++ kernels). With
+    ``--moment-bn`` the model's BN layers become :class:`~reslab.train.batchnorm.MomentBatchNorm2d`,
+    which compile to faster kernels (same state dict; evaluation unchanged).
     Returns the model to train and a line saying what was decided ("" without --compile)."""
     import shutil
 
@@ -438,9 +438,10 @@ def _maybe_compile(model: nn.Module, config: TrainConfig, iterations_left: int) 
     compiler = os.environ.get("CXX") or next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
     if next(model.parameters()).device.type == "cpu" and not compiler:
         return model, "compile: skipped, no C++ compiler found (install g++ or set CXX); training eagerly"
-    layers = use_moment_batch_norm(model)
-    return torch.compile(model), ("compile: torch.compile (the first steps compile, then run fused kernels; evaluation runs "
-                                  f"eagerly); {layers} BN layers take their batch statistics as two sums (MomentBatchNorm2d)")
+    note = "compile: torch.compile (the first steps compile, then run fused kernels; evaluation runs eagerly)"
+    if config.moment_bn:
+        note += f"; {use_moment_batch_norm(model)} BN layers take their batch statistics as two sums (MomentBatchNorm2d)"
+    return torch.compile(model), note
 
 
 def _seed_everything(seed: int) -> None:
