@@ -16,8 +16,8 @@ nearly cancel, which is what makes the textbook E[x^2] - E[x]^2 lose digits when
 statistics equal ``nn.BatchNorm2d``'s to rounding; the parameters and buffers are the same, so
 state dicts do not change. ``reslab train --compile --moment-bn`` uses it in the compiled step,
 where it is faster (``python benchmarks/train_step.py --batchnorm``: median 1.07x); in eager
-mode PyTorch's own kernel is faster. It is off in the recipes: three 22-epoch ResNet-20 runs
-with it ended 0.3-0.4 points below three without it, a gap not explained yet (see the README).
+mode PyTorch's own kernel is faster. It is off in the recipes: four 22-epoch ResNet-20 runs
+with it averaged 0.28 points below four without it, a gap not explained yet (see the README).
 """
 
 from __future__ import annotations

@@ -273,8 +273,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # - torch.compile: fuses BN, ReLU and the residual adds into a few C++ loops, 1.15-1.35x
     #   images/s on ResNet-20 here, for half a minute of compiling (skipped in short runs).
     #   `--moment-bn` (BN's batch statistics as two sums) is a further 1.07x but stays off: its
-    #   three 22-epoch runs reached 91.00, 91.09 and 90.99% (18.9, 19.3, 21.7 min), below the
-    #   three without it, and the cause is not found (outputs and gradients match to rounding).
+    #   four 22-epoch runs reached 91.00, 91.09, 90.99 and 91.24% (18.9, 19.3, 21.7, 16.3 min),
+    #   below the four without it, and the cause is not found (outputs and gradients match).
     # - batch 128: on these CPUs the images/s of ResNet-20 barely change from batch 128 to 512
     #   (`python benchmarks/throughput.py --fast-batch-sizes 128,256,512`), so the small batch
     #   buys more steps for free; lr 0.15, reached by a linear warm-up over the first 15% of the
