@@ -35,8 +35,9 @@ class MomentBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and self.track_running_stats and self.affine and self.momentum is not None) or count < 2:
             return super().forward(x)  # evaluation, the rarer options, and PyTorch's error for one value
         per_channel = (1, -1, 1, 1)
-        shift = x[0, :, 0, 0].detach().float()
-        centred = x.float() - shift.view(per_channel)
+        xf = x.float()
+        shift = xf[0, :, 0, 0].detach()
+        centred = xf - shift.view(per_channel)
         centred_mean = centred.mean((0, 2, 3))
         var = (centred * centred).mean((0, 2, 3)) - centred_mean * centred_mean
         mean = centred_mean + shift
@@ -46,7 +47,7 @@ class MomentBatchNorm2d(nn.BatchNorm2d):
             self.num_batches_tracked.add_(1)
         scale = self.weight * torch.rsqrt(var + self.eps)
         offset = self.bias - mean * scale
-        return (x.float() * scale.view(per_channel) + offset.view(per_channel)).to(x.dtype)
+        return (xf * scale.view(per_channel) + offset.view(per_channel)).to(x.dtype)
 
 
 def use_moment_batch_norm(model: nn.Module) -> int:
