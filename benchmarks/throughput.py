@@ -52,7 +52,7 @@ def reslab_speed(data: str, recipe: str, iterations: int, warmup: int, **overrid
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig.from_recipe(recipe, model="resnet20", data=data, out=out, iterations=warmup + iterations,
                                          log_interval=warmup, tta_flip=False, tta_translate=0, progress="quiet",
-                                         compile_min_iterations=0, **overrides)
+                                         compile_min_iterations=0, small_crop=0, small_crop_part=0.0, **overrides)
         train(config)
         return speed_after_warmup(Path(out) / "steps.jsonl")
 
@@ -65,7 +65,7 @@ def reslab_ddp_speed(data: str, processes: int, iterations: int, warmup: int) ->
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                    "-m", "reslab", "train", "resnet20", "--data", data, "--out", str(out),
                    "--iterations", str(warmup + iterations), "--log-interval", str(warmup), "--no-tta-flip",
-                   "--progress", "quiet", "--threads", "1"]
+                   "--small-crop", "0", "--small-crop-part", "0", "--progress", "quiet", "--threads", "1"]
         subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         return speed_after_warmup(out / "steps.jsonl")
 

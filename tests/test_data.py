@@ -227,6 +227,34 @@ def test_train_batches_are_translated_flipped_crops_of_their_images():
     assert any(flipped for _, _, flipped in seen) and any((dy, dx) != (2, 2) for dy, dx, _ in seen)
 
 
+def test_small_crops_are_windows_of_the_padded_images_in_the_first_epochs_only():
+    data = indexed_dataset(64, size=8)
+    loader = BatchLoader(data, 16, train=True, crop_padding=2, **RAW)
+    loader.use_small_crops(5, 2)
+    padded = pad_images(data.images, 2)
+    windows = {}  # every 5x5 window of every padded 12x12 image (offsets 0..7), flipped or not
+    for dy in range(8):
+        for dx in range(8):
+            window = padded[:, dy:dy + 5, dx:dx + 5]
+            for image in torch.cat([window, window.flip(2)]):
+                windows.setdefault(image.numpy().tobytes(), (dy, dx))
+    offsets = []
+    for epoch in range(3):
+        for x, _ in loader:
+            assert x.shape == ((16, 3, 5, 5) if epoch < 2 else (16, 3, 8, 8))
+            assert x.is_contiguous(memory_format=torch.channels_last)
+            if epoch < 2:
+                for image in x.round().to(torch.uint8).permute(0, 2, 3, 1):
+                    assert image.numpy().tobytes() in windows, "a small crop is not a window of its padded image"
+                    offsets.append(windows[image.numpy().tobytes()])
+    rows = {dy for dy, _ in offsets}
+    assert min(rows) == 0 and max(rows) == 7 and len(rows) == 8  # the whole padded image is reachable
+    with pytest.raises(ValueError, match="small crops of 9 pixels for 1 epochs do not fit 8x8 images"):
+        loader.use_small_crops(9, 1)
+    with pytest.raises(ValueError, match="small crops are for training"):
+        BatchLoader(data, 16, train=False, **RAW).use_small_crops(5, 2)
+
+
 def flipped_per_epoch(loader: BatchLoader, data: ImageDataset, epochs: int) -> torch.Tensor:
     """bool [epochs, N]: whether image i came out mirrored in epoch e (images are asymmetric)."""
     rows = []
@@ -303,13 +331,20 @@ def test_drop_last_defaults_to_train():
         BatchLoader(data, 64, train=True, **RAW)
 
 
-@pytest.mark.parametrize("cutout", [0, 3])
-def test_mid_epoch_resume_replays_exactly(cutout):
+@pytest.mark.parametrize("cutout, small_crops", [(0, 0), (3, 0), (0, 2)])
+def test_mid_epoch_resume_replays_exactly(cutout, small_crops):
     data = indexed_dataset(100, size=8)
     options = dict(train=True, seed=5, cutout=cutout, **RAW)
-    reference = collect(BatchLoader(data, 16, **options), epochs=3)
 
-    interrupted = BatchLoader(data, 16, **options)
+    def loader() -> BatchLoader:
+        made = BatchLoader(data, 16, **options)
+        made.use_small_crops(6, small_crops)  # epochs 0 and 1 (the resumed one) on 6x6 crops
+        return made
+
+    reference = collect(loader(), epochs=3)
+    assert reference[0][0].shape[-1] == (6 if small_crops else 8) and reference[-1][0].shape[-1] == 8
+
+    interrupted = loader()
     collect(interrupted)
     for i, _ in enumerate(interrupted):
         if i == 2:
@@ -317,7 +352,7 @@ def test_mid_epoch_resume_replays_exactly(cutout):
     state = dict(interrupted.state_dict())
     assert state == {"epoch": 1, "batches_done": 3}
 
-    resumed = BatchLoader(data, 16, **options)
+    resumed = loader()
     resumed.load_state_dict(state)
     resumed.set_epoch(1)  # what a trainer's epoch loop does: stays inside epoch 1
     rest = collect(resumed, epochs=2)

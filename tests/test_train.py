@@ -27,9 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
-    """2 epochs of 6 iterations of 32 images (tiny_cifar has 200 training images)."""
+    """2 epochs of 6 iterations of 32 images (tiny_cifar has 200 training images), full-size crops."""
     values = dict(model="resnet20", data=str(data), out=str(out), epochs=2, batch_size=32, base_batch_size=32, lr=0.05,
-                  threads=1, progress="plain", log_interval=2, tta_flip=False, eval_batch_size=500, eval_interval=1)
+                  threads=1, progress="plain", log_interval=2, tta_flip=False, eval_batch_size=500, eval_interval=1,
+                  small_crop=0, small_crop_part=0.0)
     return TrainConfig.from_recipe("fast", **{**values, **overrides})
 
 
@@ -386,6 +387,29 @@ def test_a_test_time_shift_too_large_for_the_images_is_refused_before_training(t
     with pytest.raises(ReslabError, match="--tta-translate 32 needs images larger"):
         train(tiny_config(tiny_cifar, tmp_path / "run", tta_translate=32))
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_small_crops_train_then_full_size_and_bad_values_are_refused(tiny_cifar, tmp_path, monkeypatch):
+    from reslab.data import BatchLoader
+
+    sizes = []  # the spatial size of each training batch
+    assemble = BatchLoader.assemble
+
+    def recording(self, indices, epoch=0, batch=0):
+        images = assemble(self, indices, epoch, batch)
+        if self.train:
+            sizes.append(tuple(images.shape[-2:]))
+        return images
+
+    monkeypatch.setattr(BatchLoader, "assemble", recording)
+    result = train(tiny_config(tiny_cifar, tmp_path / "run", small_crop=24, small_crop_part=0.5))
+    assert sizes == [(24, 24)] * 6 + [(32, 32)] * 6  # epoch 1 on small crops, epoch 2 full size
+    assert result["test_error"] < 1.0 and read_config(tmp_path / "run").small_crop == 24
+    with pytest.raises(ValueError, match="give both .* or neither"):
+        TrainConfig(small_crop=24)
+    with pytest.raises(ReslabError, match="--small-crop 40 is larger than the 32x32 images"):
+        train(tiny_config(tiny_cifar, tmp_path / "b", small_crop=40, small_crop_part=0.5))
+    assert not (tmp_path / "b" / "checkpoint.pt").exists()
 
 
 def test_compile_is_skipped_for_short_runs_and_without_a_cxx_compiler(monkeypatch):

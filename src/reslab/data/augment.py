@@ -62,16 +62,23 @@ class AugmentParams:
 
 
 def draw_augmentation(batch: int, height: int, width: int, *, padding: int, flip: bool, cutout: int,
-                      generator: torch.Generator) -> AugmentParams:
+                      generator: torch.Generator, crop: int | None = None) -> AugmentParams:
     """Random crop offsets, flips and cutout centres for ``batch`` images, drawn on the CPU from
-    ``generator`` (so a given generator state gives the same augmentation on every device)."""
-    shift_y = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
-    shift_x = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
+    ``generator`` (so a given generator state gives the same augmentation on every device).
+
+    The crops are ``height x width`` (the image size) unless ``crop`` asks for ``crop x crop``
+    squares; either way their offsets range over every position inside the padded image, and
+    cutout centres over the crop."""
+    crop_h, crop_w = (height, width) if crop is None else (crop, crop)
+    if not 0 < crop_h <= height or not 0 < crop_w <= width:
+        raise ValueError(f"a crop of {crop_h}x{crop_w} does not fit in a {height}x{width} image")
+    shift_y = torch.randint(0, 2 * padding + height - crop_h + 1, (batch,), generator=generator)
+    shift_x = torch.randint(0, 2 * padding + width - crop_w + 1, (batch,), generator=generator)
     flips = torch.rand(batch, generator=generator) < 0.5 if flip else torch.zeros(batch, dtype=torch.bool)
     params = AugmentParams(shift_y, shift_x, flips)
     if cutout:
-        params.cutout_y = torch.randint(0, height, (batch,), generator=generator)
-        params.cutout_x = torch.randint(0, width, (batch,), generator=generator)
+        params.cutout_y = torch.randint(0, crop_h, (batch,), generator=generator)
+        params.cutout_x = torch.randint(0, crop_w, (batch,), generator=generator)
     return params
 
 

@@ -108,6 +108,7 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
     groups = parameter_groups(raw, config.weight_decay, config.decay_norm_and_bias)
     optimizer = torch.optim.SGD(groups, lr=peak_lr, momentum=config.momentum, nesterov=config.nesterov, foreach=True)
     per_epoch = len(train_loader)
+    train_loader.use_small_crops(config.small_crop, config.small_crop_epochs(per_epoch))
     schedule = config.build_schedule(per_epoch)
     total, total_epochs = schedule.total_iterations, math.ceil(schedule.total_iterations / per_epoch)
     depth = weighted_depth(raw)
@@ -144,6 +145,11 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
     if low_start is not None:
         show.message(f"low-lr start (He et al. 2015): lr {low_start.lr:g} until the training error of the last "
                      f"{low_start.window} batches < {config.low_lr_until_error}, at most {low_start.max_iterations} iterations")
+    small_epochs = train_loader.small_crop[1]
+    if small_epochs:
+        first = "epoch 1" if small_epochs == 1 else f"epochs 1-{small_epochs}"
+        show.message(f"small crops: {first} train on random {config.small_crop}x{config.small_crop} crops, "
+                     "the rest on full-size images")
     if ema is not None:
         show.message(f"evaluating an EMA of the weights (decay {config.ema_decay} per step; BN statistics averaged too)")
     if state is not None:
@@ -441,7 +447,9 @@ def _maybe_compile(model: nn.Module, config: TrainConfig, iterations_left: int) 
     note = "compile: torch.compile (the first steps compile, then run fused kernels; evaluation runs eagerly)"
     if config.moment_bn:
         note += f"; {use_moment_batch_norm(model)} BN layers take their batch statistics as two sums (MomentBatchNorm2d)"
-    return torch.compile(model), note
+    # dynamic=False: each input size (the --small-crop epochs, then full size) gets its own
+    # static kernels; by default the second size would recompile for symbolic shapes.
+    return torch.compile(model, dynamic=False), note
 
 
 def _seed_everything(seed: int) -> None:
@@ -538,6 +546,9 @@ def _load_data(config: TrainConfig, env: DistributedEnv, device: torch.device) -
     common = dict(mean=mean, std=std, device=device, rank=env.rank, world_size=env.world_size,
                   channels_last=config.channels_last)
     check_tta_translate(config.tta_translate, train_set.image_size)
+    if config.small_crop > min(train_set.image_size):
+        raise DataError(f"--small-crop {config.small_crop} is larger than the {train_set.image_size[0]}x"
+                        f"{train_set.image_size[1]} images; give at most {min(train_set.image_size)}")
     if config.batch_size > len(sets["train"]):
         raise DataError(f"batch size {config.batch_size} is larger than the {len(sets['train'])} training images")
     loaders: dict[str, Any] = {"train": BatchLoader(
