@@ -199,7 +199,8 @@ def test_sigterm_from_outside_saves_a_checkpoint_and_exits_143(tiny_cifar, tmp_p
     out, ready, sent = tmp_path / "run", tmp_path / "ready", tmp_path / "sent"
     flags = ["--epochs", "2", "--batch-size", "32", "--base-batch-size", "32", "--lr", "0.05", "--threads", "1",
              "--progress", "plain", "--log-interval", "2", "--no-tta-flip", "--eval-batch-size", "500", "--eval-interval", "1",
-             "--stochastic-depth", "0.7", "--dropout", "0.1", "--mixup", "0.2", "--ema-decay", "0.9"]
+             "--stochastic-depth", "0.7", "--dropout", "0.1", "--mixup", "0.2", "--ema-decay", "0.9",
+             "--small-crop", "0", "--small-crop-part", "0"]  # = tiny_config(**STRICT), the reference run's config
     # The command line, with a callback that waits at iteration 3 until the test has sent SIGTERM.
     script = textwrap.dedent(f"""
         import sys, time
