@@ -288,7 +288,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     #   views buy back part of what the epochs fewer than the 25-epoch version lose.
     # - small crops (progressive resizing, cut rather than resized so objects keep their scale):
     #   the first half of the run trains on 24x24 crops of the padded images, at 1.4-1.7x the
-    #   images/s of full-size ones (43% fewer pixels); the second half and evaluation use whole
+    #   images/s of full-size ones (44% fewer pixels); the second half and evaluation use whole
     #   32x32 images. Two more epochs than the full-size 22-epoch recipe, in less wall time.
     # - torch.compile: fuses BN, ReLU and the residual adds into a few C++ loops, 1.15-1.35x
     #   images/s on ResNet-20 here, for half a minute of compiling (skipped in short runs).
