@@ -390,7 +390,7 @@ def test_a_test_time_shift_too_large_for_the_images_is_refused_before_training(t
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-def test_small_crops_train_then_full_size_and_bad_values_are_refused(tiny_cifar, tmp_path, monkeypatch):
+def test_small_crops_train_then_full_size_and_bad_values_are_refused(tiny_cifar, tmp_path, monkeypatch, capsys):
     from reslab.data import BatchLoader
 
     sizes = []  # the spatial size of each training batch
@@ -405,6 +405,9 @@ def test_small_crops_train_then_full_size_and_bad_values_are_refused(tiny_cifar,
     monkeypatch.setattr(BatchLoader, "assemble", recording)
     result = train(tiny_config(tiny_cifar, tmp_path / "run", small_crop=24, small_crop_part=0.5))
     assert sizes == [(24, 24)] * 6 + [(32, 32)] * 6  # epoch 1 on small crops, epoch 2 full size
+    assert "small crops: epoch 1 train on random 24x24 crops, the rest on full-size images" in capsys.readouterr().out
+    train(tiny_config(tiny_cifar, tmp_path / "all", small_crop=24, small_crop_part=1.0))
+    assert "small crops: epochs 1-2 train on random 24x24 crops (every epoch" in capsys.readouterr().out
     assert result["test_error"] < 1.0 and read_config(tmp_path / "run").small_crop == 24
     with pytest.raises(ValueError, match="give both .* or neither"):
         TrainConfig(small_crop=24)

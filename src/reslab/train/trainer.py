@@ -148,8 +148,8 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
     small_epochs = train_loader.small_crop[1]
     if small_epochs:
         first = "epoch 1" if small_epochs == 1 else f"epochs 1-{small_epochs}"
-        show.message(f"small crops: {first} train on random {config.small_crop}x{config.small_crop} crops, "
-                     "the rest on full-size images")
+        rest = ", the rest on full-size images" if small_epochs < total_epochs else " (every epoch; evaluation sees whole images)"
+        show.message(f"small crops: {first} train on random {config.small_crop}x{config.small_crop} crops{rest}")
     if ema is not None:
         show.message(f"evaluating an EMA of the weights (decay {config.ema_decay} per step; BN statistics averaged too)")
     if state is not None:
