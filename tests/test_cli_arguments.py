@@ -74,6 +74,18 @@ def test_every_command_is_enumerated_and_has_constrained_flags():
     assert sum(map(len, CONSTRAINED.values())) > 100
 
 
+@pytest.mark.parametrize("command", ["degradation", "sdepth"])
+def test_shared_training_flags_accept_what_reslab_train_accepts(command):
+    """The experiments' --lr, --epochs, ... take exactly the values `reslab train`'s flags take
+    (--lr 0 included, which they once refused while `reslab train` allowed it)."""
+    train = {option_name(a): a for a in CONSTRAINED["train"]}
+    shared = [a for a in CONSTRAINED[command] if option_name(a) in train and option_name(a) not in ("--recipe", "--set")]
+    assert {"--lr", "--epochs", "--iterations", "--batch-size", "--seed", "--threads"} <= {option_name(a) for a in shared}
+    for action in shared:
+        for text in [*USUAL_MISTAKES, "0.1", "3", "128"]:
+            assert rejects(action, text) == rejects(train[option_name(action)], text), (command, option_name(action), text)
+
+
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_usual_mistakes_are_usage_errors_for_every_flag(command, capsys):
     for action in CONSTRAINED[command]:

@@ -14,40 +14,46 @@ The paper recipe is 64k iterations of batch 128 per model (days on a CPU); short
 
 import argparse
 
-from reslab.argtypes import nonnegative_int, positive_float, positive_int, random_seed, thread_count
+from reslab.argtypes import positive_int
 
-# Training flags shared with `reslab sdepth`; each given one overrides the recipe's value.
+# Training flags shared with `reslab sdepth`; each given one overrides the recipe's value. Their
+# values are parsed as `reslab train` parses them, so the commands accept the same values.
 TRAINING_FLAGS = (
-    ("--epochs", positive_float, "length of each run in epochs"),
-    ("--iterations", positive_int, "length of each run in iterations (He et al.: 64000)"),
-    ("--train-subset", nonnegative_int, "train on a class-balanced subset of this many images; 0 = all"),
-    ("--batch-size", positive_int, "mini-batch size (lr scales linearly from the recipe's batch size)"),
-    ("--lr", positive_float, "peak learning rate at the recipe's batch size"),
-    ("--seed", random_seed, "seed of weights, data order and augmentation"),
-    ("--threads", thread_count, "CPU threads; 0 = torch's default"),
-    ("--eval-interval", positive_int, "evaluate every this many epochs"),
-    ("--log-interval", positive_int, "iterations between lines of steps.jsonl (the thin curves)"),
+    ("--epochs", "length of each run in epochs"),
+    ("--iterations", "length of each run in iterations (He et al.: 64000)"),
+    ("--train-subset", "train on a class-balanced subset of this many images; 0 = all"),
+    ("--batch-size", "mini-batch size (lr scales linearly from the recipe's batch size)"),
+    ("--lr", "peak learning rate at the recipe's batch size"),
+    ("--seed", "seed of weights, data order and augmentation"),
+    ("--threads", "CPU threads; 0 = torch's default"),
+    ("--eval-interval", "evaluate every this many epochs and after the last; 0 = after the last only"),
+    ("--log-interval", "iterations between lines of steps.jsonl (the thin curves)"),
 )
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, default_recipe: str) -> None:
     """--recipe, the common length/budget flags, and --set KEY=VALUE for any other training value."""
     from reslab.argtypes import key_value
+    from reslab.commands.train import field_argument_type
     from reslab.train.config import RECIPES
 
     group = parser.add_argument_group("training", "each flag given overrides the recipe's value")
     group.add_argument("--recipe", choices=list(RECIPES), default=default_recipe, help="named recipe (`reslab train --list-recipes`)")
-    for flag, kind, text in TRAINING_FLAGS:
-        group.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text)
+    for flag, text in TRAINING_FLAGS:
+        group.add_argument(flag, type=field_argument_type(_dest(flag)), default=argparse.SUPPRESS, help=text)
     group.add_argument("--set", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                        help="any other `reslab train` value, e.g. precision=fp32 or model_args={'shortcut':'B'} (repeatable)")
 
 
 def training_overrides(args: argparse.Namespace) -> dict:
     """The TrainConfig fields the training flags give."""
-    dests = [flag[2:].replace("-", "_") for flag, _, _ in TRAINING_FLAGS]
+    dests = [_dest(flag) for flag, _ in TRAINING_FLAGS]
     given = {dest: getattr(args, dest) for dest in dests if hasattr(args, dest)}
     return {**given, **{key.replace("-", "_"): value for key, value in args.set}}
+
+
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

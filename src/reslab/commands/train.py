@@ -117,6 +117,13 @@ def _report(result: dict[str, Any]) -> int:
     return 0
 
 
+def field_argument_type(name: str):
+    """The argparse ``type=`` of TrainConfig field ``name``: the same for every command that sets it."""
+    from reslab.train.config import field_types
+
+    return _parser_for(name, field_types()[name])
+
+
 def _parser_for(name: str, kind: Any):
     """An argparse ``type=`` for a TrainConfig field: its range's type if it has one, else by annotation."""
     from reslab.train.config import FIELD_RANGES
