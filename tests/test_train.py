@@ -390,6 +390,15 @@ def test_a_test_time_shift_too_large_for_the_images_is_refused_before_training(t
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+@pytest.mark.parametrize("interval, evaluated", [(0, [2]), (2, [1, 2]), (1, [0, 1, 2])])
+def test_the_test_set_is_evaluated_every_eval_interval_epochs_and_after_the_last(tiny_cifar, tmp_path, interval, evaluated):
+    train(tiny_config(tiny_cifar, tmp_path / "run", epochs=3, eval_interval=interval))
+    lines = metric_lines(tmp_path / "run")
+    assert [line["epoch"] for line in lines] == [0, 1, 2]
+    assert [line["epoch"] for line in lines if "test_error" in line] == evaluated
+    assert TrainConfig.from_recipe("fast").eval_interval == 0  # the fast recipe: after the last epoch, whatever --epochs
+
+
 def test_small_crops_train_then_full_size_and_bad_values_are_refused(tiny_cifar, tmp_path, monkeypatch, capsys):
     from reslab.data import BatchLoader
 

@@ -245,7 +245,7 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
             for module in (raw, ema.module if ema is not None else None):
                 if module is not None:
                     distributed.average_buffers(module, env)
-            if last or (epoch + 1) % config.eval_interval == 0:
+            if last or (config.eval_interval and (epoch + 1) % config.eval_interval == 0):
                 started = time.perf_counter()
                 evaluated = ema.module if ema is not None else raw
                 for split in ("val", "test"):
