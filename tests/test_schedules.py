@@ -81,8 +81,8 @@ def test_one_cycle_peaks_at_the_end_of_warmup_with_momentum_the_other_way():
 def test_fast_recipe_warms_up_then_decays_linearly_to_zero():
     config = TrainConfig.from_recipe("fast")
     schedule = config.build_schedule(97)
-    assert schedule.total_iterations == 26 * 97
-    assert schedule.warmup_iterations == round(0.15 * 26 * 97)
+    assert schedule.total_iterations == 24 * 97
+    assert schedule.warmup_iterations == round(0.15 * 24 * 97)
     assert schedule.lr(0) == pytest.approx(0.015)
     assert schedule.lr(schedule.warmup_iterations) == pytest.approx(0.15)
     assert schedule.lr(schedule.total_iterations) == pytest.approx(0.0)
@@ -147,7 +147,7 @@ def test_recipes_hold_the_papers_values():
     fast = TrainConfig.from_recipe("fast")
     assert not fast.decay_norm_and_bias and fast.label_smoothing == 0.1 and fast.tta_flip and fast.nesterov
     assert fast.alternating_flip and fast.tta_translate == 1 and fast.compile
-    assert (fast.epochs, fast.small_crop, fast.small_crop_part, fast.small_crop_epochs(390)) == (26, 20, 0.5, 13)
+    assert (fast.epochs, fast.small_crop, fast.small_crop_part, fast.small_crop_epochs(390)) == (24, 24, 0.5, 12)
     assert TrainConfig.from_recipe("fast", epochs=10).small_crop_epochs(390) == 5 and paper.small_crop_part == 0
     assert TrainConfig.from_recipe("fast", iterations=70).small_crop_epochs(390) == 0  # shorter than an epoch: full size
     assert not paper.alternating_flip and paper.tta_translate == 0 and not paper.compile
