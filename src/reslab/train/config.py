@@ -282,7 +282,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     #   24 epochs, the first 12 on 24x24 crops (this recipe), seeds 0-4 -> 91.44, 91.39, 91.36,
     #       91.22, 91.63 (flips + shifts; single view 90.45, 90.34, 90.34, 90.28, 90.82) in
     #       19.3, 19.0, 19.4, 20.5, 18.6 min: four of five within the target; seed 5,
-    #       compiling from an empty cache: 91.24 (single view 89.90) in 18.7 min
+    #       compiling from an empty cache: 91.24 (single view 89.90) in 18.7 min; seed 6: 91.34
+    #       (single view 90.31) in 17.2 min
     #   24 epochs, the first 12 on 20x20 crops, seed 0 -> 91.39 (single view 90.44) in 15.6 min
     #   26 epochs, the first 13 on 20x20 crops, seeds 0-3 -> 91.55, 91.37, 90.88, 91.04 (single
     #       view 90.80, 90.21, 89.80, 90.15) in 14.9, 14.7, 18.6, 16.7 min: faster, but two of
