@@ -13,9 +13,12 @@ scales it linearly (Goyal et al. 2017), and the run says so when it starts.
 
 from __future__ import annotations
 
+import functools
 import json
 import typing
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, Optional
 
 from reslab.argtypes import (are_increasing_fractions, fraction, nonnegative_float, nonnegative_int, positive_float,
@@ -232,9 +235,11 @@ FIELD_RANGES = {
 }
 
 
-def field_types() -> dict[str, Any]:
-    """Each field's type annotation, resolved (for building command-line flags)."""
-    return typing.get_type_hints(TrainConfig)
+@functools.cache
+def field_types() -> Mapping[str, Any]:
+    """Each field's type annotation, resolved (for validation and the command-line flags).
+    Resolved once: every TrainConfig and every flag of every command reads it."""
+    return MappingProxyType(typing.get_type_hints(TrainConfig))
 
 
 # ----------------------------------------------------------------------------------------
