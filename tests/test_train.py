@@ -396,7 +396,10 @@ def test_the_test_set_is_evaluated_every_eval_interval_epochs_and_after_the_last
     lines = metric_lines(tmp_path / "run")
     assert [line["epoch"] for line in lines] == [0, 1, 2]
     assert [line["epoch"] for line in lines if "test_error" in line] == evaluated
-    assert TrainConfig.from_recipe("fast").eval_interval == 0  # the fast recipe: after the last epoch, whatever --epochs
+
+
+def test_the_fast_recipe_evaluates_after_the_last_epoch_only():
+    assert TrainConfig.from_recipe("fast").eval_interval == 0  # whatever --epochs says
 
 
 def test_small_crops_train_then_full_size_and_bad_values_are_refused(tiny_cifar, tmp_path, monkeypatch, capsys):
@@ -442,8 +445,10 @@ def test_compile_is_skipped_for_short_runs_and_without_a_cxx_compiler(monkeypatc
     compiled, note = trainer._maybe_compile(model, TrainConfig(compile=True, compile_min_iterations=100, moment_bn=True), 100)
     assert type(model[1]).__name__ == "MomentBatchNorm2d" and "1 BN layers" in note
     assert trainer._maybe_compile(model, TrainConfig(compile=False), 10**6) == (model, "")
-    with pytest.raises(ValueError, match="add --compile or drop --moment-bn"):
-        TrainConfig(compile=False, moment_bn=True)
+    # The fast recipe asks for MomentBatchNorm2d; with --no-compile it is said to have no effect.
+    eager = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    same, note = trainer._maybe_compile(eager, TrainConfig(compile=False, moment_bn=True), 10**6)
+    assert same is eager and type(eager[1]) is torch.nn.BatchNorm2d and "--moment-bn has no effect" in note
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

@@ -14,10 +14,10 @@ depend on it): it lies within a few standard deviations of the mean, so the two 
 nearly cancel, which is what makes the textbook E[x^2] - E[x]^2 lose digits when
 |mean| >> std (the "shifted data" method, Chan, Golub & LeVeque 1983). Outputs, gradients and running
 statistics equal ``nn.BatchNorm2d``'s to rounding; the parameters and buffers are the same, so
-state dicts do not change. ``reslab train --compile --moment-bn`` uses it in the compiled step,
-where it is faster (``python benchmarks/train_step.py --batchnorm``: median 1.07x); in eager
-mode PyTorch's own kernel is faster. It is off in the recipes: four 22-epoch ResNet-20 runs
-with it averaged 0.28 points below four without it, a gap not explained yet (see the README).
+state dicts do not change. ``reslab train --compile --moment-bn`` (on in the ``fast`` recipe)
+uses it in the compiled step, where it is faster (``python benchmarks/train_step.py
+--batchnorm``: median 1.07x); in eager mode PyTorch's own kernel is faster. Six 24-epoch
+ResNet-20 runs with it matched the runs without it (see the README).
 """
 
 from __future__ import annotations

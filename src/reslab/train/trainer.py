@@ -433,11 +433,13 @@ def _maybe_compile(model: nn.Module, config: TrainConfig, iterations_left: int) 
     back the compile time, and a C++ compiler exists (the CPU backend builds C++ kernels). With
     ``--moment-bn`` the model's BN layers become :class:`~reslab.train.batchnorm.MomentBatchNorm2d`,
     which compile to faster kernels (same state dict; evaluation unchanged).
-    Returns the model to train and a line saying what was decided ("" without --compile)."""
+    Returns the model to train and a line saying what was decided ("" without --compile, unless
+    --moment-bn was asked for: it has no effect then, and the line says so)."""
     import shutil
 
     if not config.compile:
-        return model, ""
+        return model, ("compile: off, so --moment-bn has no effect (eager training keeps PyTorch's BN kernel)"
+                       if config.moment_bn else "")
     if iterations_left < config.compile_min_iterations:
         return model, (f"compile: skipped, {iterations_left} iterations to go is less than "
                        f"--compile-min-iterations {config.compile_min_iterations}")
