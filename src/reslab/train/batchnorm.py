@@ -16,7 +16,7 @@ nearly cancel, which is what makes the textbook E[x^2] - E[x]^2 lose digits when
 statistics equal ``nn.BatchNorm2d``'s to rounding; the parameters and buffers are the same, so
 state dicts do not change. ``reslab train --compile --moment-bn`` (on in the ``fast`` recipe)
 uses it in the compiled step, where it is faster (``python benchmarks/train_step.py
---batchnorm``: median 1.07x); in eager mode PyTorch's own kernel is faster. Six 24-epoch
+--batchnorm``: median 1.07x); in eager mode PyTorch's own kernel is faster. Seven 24-epoch
 ResNet-20 runs with it matched the runs without it (see the README).
 """
 
