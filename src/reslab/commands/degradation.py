@@ -16,44 +16,39 @@ import argparse
 
 from reslab.argtypes import positive_int
 
-# Training flags shared with `reslab sdepth`; each given one overrides the recipe's value. Their
-# values are parsed as `reslab train` parses them, so the commands accept the same values.
+# Training flags shared with `reslab sdepth`, by TrainConfig field; each given one overrides the
+# recipe's value. Flag names and values are `reslab train`'s, so the commands accept the same values.
 TRAINING_FLAGS = (
-    ("--epochs", "length of each run in epochs"),
-    ("--iterations", "length of each run in iterations (He et al.: 64000)"),
-    ("--train-subset", "train on a class-balanced subset of this many images; 0 = all"),
-    ("--batch-size", "mini-batch size (lr scales linearly from the recipe's batch size)"),
-    ("--lr", "peak learning rate at the recipe's batch size"),
-    ("--seed", "seed of weights, data order and augmentation"),
-    ("--threads", "CPU threads; 0 = torch's default"),
-    ("--eval-interval", "evaluate every this many epochs and after the last; 0 = after the last only"),
-    ("--log-interval", "iterations between lines of steps.jsonl (the thin curves)"),
+    ("epochs", "length of each run in epochs"),
+    ("iterations", "length of each run in iterations (He et al.: 64000)"),
+    ("train_subset", "train on a class-balanced subset of this many images; 0 = all"),
+    ("batch_size", "mini-batch size (lr scales linearly from the recipe's batch size)"),
+    ("lr", "peak learning rate at the recipe's batch size"),
+    ("seed", "seed of weights, data order and augmentation"),
+    ("threads", "CPU threads; 0 = torch's default"),
+    ("eval_interval", "evaluate every this many epochs and after the last; 0 = after the last only"),
+    ("log_interval", "iterations between lines of steps.jsonl (the thin curves)"),
 )
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, default_recipe: str) -> None:
     """--recipe, the common length/budget flags, and --set KEY=VALUE for any other training value."""
     from reslab.argtypes import key_value
-    from reslab.commands.train import field_argument_type
+    from reslab.commands.train import field_argument_type, flag_name
     from reslab.train.config import RECIPES
 
     group = parser.add_argument_group("training", "each flag given overrides the recipe's value")
     group.add_argument("--recipe", choices=list(RECIPES), default=default_recipe, help="named recipe (`reslab train --list-recipes`)")
-    for flag, text in TRAINING_FLAGS:
-        group.add_argument(flag, type=field_argument_type(_dest(flag)), default=argparse.SUPPRESS, help=text)
+    for name, text in TRAINING_FLAGS:
+        group.add_argument(flag_name(name), type=field_argument_type(name), default=argparse.SUPPRESS, help=text)
     group.add_argument("--set", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                        help="any other `reslab train` value, e.g. precision=fp32 or model_args={'shortcut':'B'} (repeatable)")
 
 
 def training_overrides(args: argparse.Namespace) -> dict:
     """The TrainConfig fields the training flags give."""
-    dests = [_dest(flag) for flag, _ in TRAINING_FLAGS]
-    given = {dest: getattr(args, dest) for dest in dests if hasattr(args, dest)}
+    given = {name: getattr(args, name) for name, _ in TRAINING_FLAGS if hasattr(args, name)}
     return {**given, **{key.replace("-", "_"): value for key, value in args.set}}
-
-
-def _dest(flag: str) -> str:
-    return flag[2:].replace("-", "_")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int_list, metavar="0,1,2",
                         help="train once per seed into DIR/seed<k>/ and write DIR/summary.json")
     parser.add_argument("--resume", metavar="DIR", help="continue the stopped run in DIR (only "
-                        + ", ".join("--" + f.replace("_", "-") for f in RESUME_FLAGS) + " may be given with it)")
+                        + ", ".join(flag_name(f) for f in RESUME_FLAGS) + " may be given with it)")
     parser.add_argument("--list-recipes", action="store_true", help="print the recipes' values and exit")
     fast = TrainConfig.from_recipe("fast")
     types = field_types()
@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         if f.name in SPECIAL_FIELDS:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = flag_name(f.name)
         text = f"{f.metadata['help']} [fast: {getattr(fast, f.name)}]"
         kind = types[f.name]
         if kind is bool:
@@ -77,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
         if args.resume:
             extra = sorted(set(given) - set(RESUME_FLAGS))
             if args.model or args.model_arg or args.seeds or args.recipe or extra:
-                flags = (["MODEL"] if args.model else []) + ["--" + k.replace("_", "-") for k in extra]
+                flags = (["MODEL"] if args.model else []) + [flag_name(k) for k in extra]
                 raise ValueError(f"--resume continues the run as it was configured in {args.resume}/config.json; "
                                  f"leave out {', '.join(flags) or '--model-arg/--seeds/--recipe'} (allowed with --resume: "
-                                 + ", ".join("--" + f.replace("_", "-") for f in RESUME_FLAGS) + ")")
+                                 + ", ".join(flag_name(f) for f in RESUME_FLAGS) + ")")
             out = Path(args.resume)
             if (out / SEEDS_FILE).exists():
                 config, seeds = read_seeds(out)
@@ -115,6 +115,11 @@ def _report(result: dict[str, Any]) -> int:
         print(f"final test accuracy {100 * result['test_accuracy']:.2f}% (error {100 * result['test_error']:.2f}%) "
               f"after {result['iteration']} iterations{note}")
     return 0
+
+
+def flag_name(field: str) -> str:
+    """The command-line flag of TrainConfig field ``field`` (``train_subset`` -> ``--train-subset``)."""
+    return "--" + field.replace("_", "-")
 
 
 def field_argument_type(name: str):
