@@ -6,8 +6,9 @@ Three loops train ResNet-20 on CIFAR-10 for ``--warmup`` iterations, then are ti
 
 * ``baseline``: :mod:`baseline_loop` (per-image Pillow augmentation in a 2-worker DataLoader,
   fp32, NCHW, batch 128);
-* ``reslab fast``: ``reslab train resnet20`` with the fast recipe's settings (batch 128, bf16
-  autocast, channels_last, whole-batch tensor augmentation), in one process;
+* ``reslab fast``: ``reslab train resnet20`` with the fast recipe's settings (batch 128, the
+  precision ``auto`` picks on this CPU: bf16 autocast where it has bf16 instructions, fp32
+  elsewhere; channels_last, whole-batch tensor augmentation), in one process;
 * ``reslab paper``: the same trainer with the paper recipe (also batch 128, fewer extras);
 * with ``--processes N``: also the fast recipe under ``torchrun --nproc-per-node N`` with
   ``--threads 1`` (on a few cores, N one-thread processes can beat one N-thread process: small
@@ -94,7 +95,8 @@ def main() -> None:
                         help="time every loop this many times, in turn, and keep each loop's best (for shared machines)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for every loop; 0 = torch's default")
     parser.add_argument("--ablations", action="store_true",
-                        help="also time the fast recipe without compiling, with --deterministic, and in fp32 NCHW")
+                        help="also time the fast recipe without compiling, with --deterministic, in the precision "
+                             "auto did not pick, and in fp32 NCHW")
     parser.add_argument("--fast-batch-sizes", type=lambda t: [int(b) for b in t.split(",")], default=[],
                         metavar="B,B", help="also time the fast recipe at these batch sizes (lr scaled linearly)")
     parser.add_argument("--processes", type=int, default=0,
@@ -105,15 +107,19 @@ def main() -> None:
         parser.error("--iterations must be a multiple of --warmup (steps.jsonl logs every --warmup iterations)")
 
     from reslab.data import load_dataset
+    from reslab.precision import native_bf16, resolve_precision
 
     if args.threads:
         torch.set_num_threads(args.threads)
     load_dataset(args.data, "train", progress=False)  # decode once into the cache before any timing
-    runs = [("fast recipe (bf16, channels_last, compiled, batch 128)", "fast", {}),
-            ("paper recipe (bf16, channels_last, batch 128)", "paper", {})]
+    precision = resolve_precision("auto", torch.device("cpu"))[0]
+    runs = [(f"fast recipe (auto: {precision}, channels_last, compiled, batch 128)", "fast", {}),
+            (f"paper recipe (auto: {precision}, channels_last, batch 128)", "paper", {})]
     if args.ablations:
+        other = "fp32" if precision == "bf16" else "bf16"
         runs += [("fast recipe --no-compile", "fast", {"compile": False}),
                  ("fast recipe --deterministic", "fast", {"deterministic": True}),
+                 (f"fast recipe --precision {other}", "fast", {"precision": other}),
                  ("fast recipe --precision fp32 --no-channels-last", "fast", {"precision": "fp32", "channels_last": False})]
     runs += [(f"fast recipe at batch {b}", "fast", {"batch_size": b}) for b in args.fast_batch_sizes]
     baseline_name = "baseline (Pillow per image, 2 workers, fp32 NCHW, batch 128)"
@@ -129,13 +135,14 @@ def main() -> None:
         if args.processes:
             speeds[ddp_name].append(reslab_ddp_speed(args.data, args.processes, args.iterations, args.warmup))
     best = {name: max(values) for name, values in speeds.items()}
-    machine = (f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+    machine = (f"{cpu_name()} ({native_bf16(torch.device('cpu'))[1]}), {os.cpu_count()} cores, "
+               f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
                f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f} at the end")
     print(f"machine: {machine}")
     print(f"ResNet-20 training, images/s end to end over {args.iterations} iterations after {args.warmup} of warm-up"
           + (f", best of {args.repeats}" if args.repeats > 1 else "") + ":")
     for name, speed in best.items():
-        print(f"  {name:62s} {speed:7.0f} img/s  {speed / best[baseline_name]:4.2f}x")
+        print(f"  {name:70s} {speed:7.0f} img/s  {speed / best[baseline_name]:4.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "images_per_s": speeds}, indent=1))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reslab import load_model, read_checkpoint
+from reslab import load_model, precision, read_checkpoint
 from reslab.cli import main
 from reslab.errors import ReslabError, TrainingError
 from reslab.train import TrainConfig, TrainingInterrupted, train, trainer
@@ -480,3 +480,27 @@ def test_keep_freed_memory_stops_the_page_faults_of_repeated_large_buffers():
     assert agreed == "True"
     assert float(before) > 4000  # glibc gave the 32 MiB back, so 8,192 pages of 4 KiB fault in again
     assert float(after) < 10
+
+
+class ActivationDtype:
+    """The dtypes of the first convolution's outputs from the second training step on."""
+
+    def __init__(self):
+        self.dtypes = []
+
+    def after_backward(self, model, iteration):
+        if iteration == 0:
+            model.conv1.register_forward_hook(lambda module, inputs, output: self.dtypes.append(output.dtype))
+
+
+@pytest.mark.parametrize("flags, chosen, dtype", [({"avx512f", "amx_bf16"}, "bf16", torch.bfloat16),
+                                                   ({"avx512f"}, "fp32", torch.float32)])
+def test_the_trainer_runs_and_records_the_precision_auto_picks(tiny_cifar, tmp_path, monkeypatch, capsys,
+                                                               flags, chosen, dtype):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+    seen = ActivationDtype()
+    train(tiny_config(tiny_cifar, tmp_path / "run", epochs=None, iterations=2), callbacks=[seen])
+    assert seen.dtypes and set(seen.dtypes) == {dtype}  # the second step, then evaluation
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["config"]["precision"] == "auto" and saved["environment"]["precision"] == chosen
+    assert f"precision: {chosen}" in capsys.readouterr().out

@@ -10,10 +10,11 @@ The data options here are shared by the analysis commands (lesion, paths, respon
 import argparse
 
 from reslab.argtypes import nonnegative_int, positive_int, random_seed
+from reslab.precision import PRECISIONS
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, required: bool = True, precision: bool = True) -> None:
-    """The options that choose the evaluation images and how they are run (``--fp32`` only
+    """The options that choose the evaluation images and how they are run (``--precision`` only
     where ``precision``)."""
     parser.add_argument("--data", required=required, metavar="PATH",
                         help="data set folder (class folders under train/ and test/) or an official CIFAR archive folder")
@@ -23,7 +24,10 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, required: bool = True
     parser.add_argument("--batch-size", type=positive_int, default=500, help="images per forward pass")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
     if precision:
-        parser.add_argument("--fp32", action="store_true", help="run in float32 instead of bfloat16 autocast")
+        parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                            help="auto: bfloat16 autocast where the CPU or GPU has bf16 instructions, else float32")
+        parser.add_argument("--fp32", dest="precision", action="store_const", const="fp32",
+                            help="the same as --precision fp32")
     parser.add_argument("--seed", type=random_seed, default=0, help="seed of the image subset and of random draws")
 
 
@@ -32,6 +36,18 @@ def device_of(args: argparse.Namespace) -> str:
     from reslab.inference.predict import resolve_device
 
     return str(resolve_device(args.device))
+
+
+def run_in_bf16(args: argparse.Namespace) -> bool:
+    """Whether ``--precision`` (``auto`` decided by the hardware) asks for bf16 autocast; prints
+    the decision."""
+    import torch
+
+    from reslab.precision import resolve_precision
+
+    precision, note = resolve_precision(args.precision, torch.device(device_of(args)))
+    print(note)
+    return precision == "bf16"
 
 
 def load_images(args: argparse.Namespace):
@@ -76,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_images(args)
     check_tta_translate(args.tta_translate, dataset.image_size)
     model, card, classes, batches = load_checkpoint_batches(args.checkpoint, dataset, args)
-    result = evaluate(model, batches, classes, bf16=not args.fp32, tta_flip=args.tta_flip, tta_translate=args.tta_translate)
+    bf16 = run_in_bf16(args)
+    result = evaluate(model, batches, classes, bf16=bf16, tta_flip=args.tta_flip, tta_translate=args.tta_translate)
     view_names = " and ".join(name for name, on in (("flips", args.tta_flip),
                                                     (f"{args.tta_translate}-pixel shifts", args.tta_translate)) if on)
     views = f" with test-time {view_names}" if view_names else ""
@@ -85,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     write_json(out / "eval.json", {"experiment": "eval", "title": f"Evaluation of {card.model} ({args.split} split"
                                    f"{', test-time ' + view_names if view_names else ''})",
                                    "checkpoint": str(args.checkpoint), "model": card.model, "data": str(args.data),
-                                   "split": args.split, "precision": "fp32" if args.fp32 else "bf16", "tta_flip": args.tta_flip,
+                                   "split": args.split, "precision": "bf16" if bf16 else "fp32", "tta_flip": args.tta_flip,
                                    "tta_translate": args.tta_translate, **result.to_dict()})
     plot_confusion(result, out / "confusion.png", title=f"{card.model}: accuracy {100 * result.accuracy:.2f}% "
                                                          f"on {result.num_images} {args.split} images")

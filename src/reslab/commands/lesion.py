@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from reslab.analysis.lesion import lesion_study, plot_k_studies, plot_single_deletions
     from reslab.analysis.plots import write_json
     from reslab.analysis.report import to_text
-    from reslab.commands.eval import load_checkpoint_batches, load_images
+    from reslab.commands.eval import load_checkpoint_batches, load_images, run_in_bf16
 
     dataset = load_images(args)
     model, card, _, batches = load_checkpoint_batches(args.checkpoint, dataset, args)
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         plain_model, _, _, plain_batches = load_checkpoint_batches(args.plain, dataset, args)
         plain = (plain_model, plain_batches)
     result = lesion_study(model, batches, plain=plain, max_k=args.max_k, draws=args.draws, seed=args.seed,
-                          include_downsampling=args.include_downsampling, bf16=not args.fp32)
+                          include_downsampling=args.include_downsampling, bf16=run_in_bf16(args))
     result.update(checkpoint=str(args.checkpoint), model=card.model, plain_checkpoint=args.plain, split=args.split)
     out = Path(args.out)
     write_json(out / "lesion.json", result)

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from reslab.analysis.plots import write_json
     from reslab.analysis.report import to_text
     from reslab.analysis.responses import plot_responses, responses_study
-    from reslab.commands.eval import load_checkpoint_batches, load_images
+    from reslab.commands.eval import load_checkpoint_batches, load_images, run_in_bf16
 
     dataset = load_images(args)
     models = {}
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         model, card, _, batches = load_checkpoint_batches(path, dataset, args)
         label = card.model if card.model not in models else f"{card.model} ({path})"
         models[label] = (model, batches)
-    result = responses_study(models, bf16=not args.fp32)
+    result = responses_study(models, bf16=run_in_bf16(args))
     result["checkpoints"] = list(args.checkpoints)
     out = Path(args.out)
     write_json(out / "responses.json", result)

@@ -23,9 +23,9 @@ from typing import Any, Optional
 
 from reslab.argtypes import (are_increasing_fractions, fraction, nonnegative_float, nonnegative_int, positive_float,
                              positive_int, probability, random_seed, survival_probability, thread_count)
+from reslab.precision import PRECISIONS
 from reslab.train.schedules import SHAPES, LowLrStart, Schedule, scale_lr
 
-PRECISIONS = ("bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 PADDING_MODES = ("zeros", "reflect")
 PROGRESS_MODES = ("auto", "bar", "plain", "quiet")
@@ -108,7 +108,8 @@ class TrainConfig:
     # Runtime: how fast, how reproducible, what is logged.
     seed: int = field(default=0, metadata=_help("seed of weights, data order and augmentation"))
     device: str = field(default="auto", metadata=_help("where to train", choices=DEVICES))
-    precision: str = field(default="bf16", metadata=_help("bf16 autocast or fp32", choices=PRECISIONS))
+    precision: str = field(default="auto", metadata=_help(
+        "auto: bf16 autocast where the CPU or GPU has bf16 instructions, else fp32; or bf16, fp32", choices=PRECISIONS))
     channels_last: bool = field(default=True, metadata=_help("NHWC memory format (faster convolutions)"))
     compile: bool = field(default=False, metadata=_help(
         "torch.compile the model (needs a C++ compiler; fuses BN, ReLU and adds: about 1.2x on ResNet-20)"))

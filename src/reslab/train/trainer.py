@@ -2,10 +2,11 @@
 metrics and its checkpoints in ``config.out``.
 
 Read it top to bottom: build the data, the model, the optimiser and the schedule; restore them
-on resume; then per iteration set the learning rate, run the forward pass in bf16 autocast,
-check the loss, step, and log; per epoch evaluate, write the metrics line, the model files and
-the training checkpoint. SIGINT/SIGTERM finish the current step and save a checkpoint; a run
-resumed from it (``resume=True``) takes exactly the steps the uninterrupted run would have taken.
+on resume; then per iteration set the learning rate, run the forward pass (in bf16 autocast
+where the hardware computes in bf16, :mod:`reslab.precision`), check the loss, step, and log;
+per epoch evaluate, write the metrics line, the model files and the training checkpoint.
+SIGINT/SIGTERM finish the current step and save a checkpoint; a run resumed from it
+(``resume=True``) takes exactly the steps the uninterrupted run would have taken.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch import nn
 
 from reslab.checkpoint import make_card, partial_writes, save_model, unwrap
 from reslab.errors import DataError, ReslabError, TrainingError
+from reslab.precision import resolve_precision
 from reslab.train import distributed
 from reslab.train.batchnorm import use_moment_batch_norm
 from reslab.train.config import TrainConfig
@@ -90,6 +92,7 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
         return result
     log = RunLog(out, env.is_main, config.tensorboard)  # first: a missing tensorboard fails at once
     data = _load_data(config, env, device)
+    precision, precision_note = resolve_precision(config.precision, device)
 
     # Model: the same seed on every rank gives the same initial weights (and, with stochastic
     # depth, the same drop decisions); data randomness comes from the loader's own generators.
@@ -129,17 +132,18 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
 
     show = Progress(config.progress, env.is_main, total_epochs)
     if env.is_main:
-        _write_start(out, config, device, run.iteration if state is not None else None)
+        _write_start(out, config, {**environment(device), "precision": precision},
+                     run.iteration if state is not None else None)
     with _writing(out, run, out / METRICS_FILE):
         log.start(run.iteration if state is not None else None)
     show.message(f"{config.model}: {sum(p.numel() for p in raw.parameters()):,} parameters, {depth} layers; "
                  f"{device} ({environment(device)['device_name']}), {torch.get_num_threads()} threads x {env.world_size} "
-                 f"process(es), {config.precision}{' autocast' if config.precision == 'bf16' else ''}, "
+                 f"process(es), {precision}{' autocast' if precision == 'bf16' else ''}, "
                  f"{'channels_last' if config.channels_last else 'NCHW'}")
     show.message(data["summary"])
     show.message(f"{'resuming at' if state is not None else 'run:'} iteration {run.iteration} of {total} "
                  f"({total_epochs} epochs of {per_epoch} iterations of {config.batch_size} images); recipe {config.recipe or 'none'}")
-    for line in (scaling_note, describe_groups(optimizer.param_groups), "lr: " + schedule.describe(), compile_note):
+    for line in (precision_note, scaling_note, describe_groups(optimizer.param_groups), "lr: " + schedule.describe(), compile_note):
         if line:
             show.message(line)
     if low_start is not None:
@@ -167,7 +171,7 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
         run.saved_iteration = run.iteration
 
     def autocast() -> torch.autocast:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     hooks_backward = [cb for cb in callbacks if hasattr(cb, "after_backward")]
     hooks_epoch = [cb for cb in callbacks if hasattr(cb, "on_epoch_end")]
@@ -482,17 +486,18 @@ def _prepare_out(out: Path, resume: bool, env: DistributedEnv) -> Optional[dict]
     return state
 
 
-def _write_start(out: Path, config: TrainConfig, device: torch.device, resumed_at: Optional[int]) -> None:
-    """config.json at the start; on resume, the resumption appended to its history."""
+def _write_start(out: Path, config: TrainConfig, env: dict[str, Any], resumed_at: Optional[int]) -> None:
+    """config.json at the start, with the environment ``env``; on resume, the resumption
+    appended to its history."""
     import json
 
     try:
         if resumed_at is None:
-            write_config(out, config, environment(device))
+            write_config(out, config, env)
             return
         data = json.loads((out / CONFIG_FILE).read_text())
         data.setdefault("resumed", []).append({"iteration": resumed_at, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                               "environment": environment(device)})
+                                               "environment": env})
         write_json(out / CONFIG_FILE, data)
     except OSError as exc:
         raise TrainingError(f"cannot write to the run folder {out}: {exc.strerror or exc}") from None
