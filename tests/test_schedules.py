@@ -147,7 +147,7 @@ def test_recipes_hold_the_papers_values():
     fast = TrainConfig.from_recipe("fast")
     assert not fast.decay_norm_and_bias and fast.label_smoothing == 0.1 and fast.tta_flip and fast.nesterov
     assert fast.alternating_flip and fast.tta_translate == 1 and fast.compile and fast.moment_bn
-    assert (fast.epochs, fast.small_crop, fast.small_crop_part, fast.small_crop_epochs(390)) == (24, 24, 0.5, 12)
+    assert (fast.epochs, fast.small_crop, fast.small_crop_part, fast.small_crop_epochs(390)) == (25, 24, 0.52, 13)
     assert TrainConfig.from_recipe("fast", epochs=10).small_crop_epochs(390) == 5 and paper.small_crop_part == 0
     assert TrainConfig.from_recipe("fast", iterations=70).small_crop_epochs(390) == 0  # shorter than an epoch: full size
     assert not paper.alternating_flip and paper.tta_translate == 0 and not paper.compile and not paper.moment_bn

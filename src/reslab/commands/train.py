@@ -2,8 +2,8 @@ HELP = """Train a model of the zoo on CIFAR-10 (or any class-folder data set) wi
 
 Recipes (`--list-recipes` prints their values): paper (He et al. 2015: 64k iterations, batch 128,
 lr 0.1 /10 at 32k and 48k), preact (He et al. 2016), wrn (Zagoruyko & Komodakis 2016), resnext
-(Xie et al. 2017), stochastic-depth (Huang et al. 2016) and fast (ours: 24 epochs, the first
-half on 24x24 crops, batch 128, warm-up then linear decay, for the paper's ResNet-20 accuracy in
+(Xie et al. 2017), stochastic-depth (Huang et al. 2016) and fast (ours: 25 epochs, the first
+13 on 24x24 crops, batch 128, warm-up then linear decay, for the paper's ResNet-20 accuracy in
 the least CPU time; the default). Every
 recipe value has a flag that overrides it; milestones and warm-up are fractions of the run.
 The run folder gets config.json, metrics.jsonl (per epoch), steps.jsonl (per --log-interval
