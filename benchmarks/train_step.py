@@ -1,7 +1,9 @@
 """The bare ResNet-20 training step: page faults, batch-norm kernels, profile.
 
-Times the bf16 channels_last training step of ResNet-20 (``reslab bench --mode train``'s step:
-batch 128, random data) in fresh processes that take turns for ``--repeats`` rounds.
+Times the channels_last training step of ResNet-20 (``reslab bench --mode train``'s step:
+batch 128, random data) in fresh processes that take turns for ``--repeats`` rounds, in the
+precision ``reslab train`` picks here (``--precision auto``: bf16 autocast on CPUs with bf16
+instructions, fp32 on others; see :mod:`reslab.precision`) or the one ``--precision`` names.
 
 - Page faults: glibc hands large freed buffers back to the kernel, so each step faults its
   activations in again (see :mod:`reslab.train.memory`). Eager and compiled, with glibc's
@@ -24,6 +26,10 @@ import os
 import subprocess
 import sys
 
+import torch
+
+from reslab.precision import resolve_precision
+
 STEP = """
 import json, resource, sys, time
 import torch
@@ -33,13 +39,14 @@ from reslab.train.memory import keep_freed_memory
 from reslab.train.batchnorm import use_moment_batch_norm
 keep, compiled, steps, profile, moment = (sys.argv[1] == "1", sys.argv[2] == "1", int(sys.argv[3]), sys.argv[4] == "1",
                                           sys.argv[5] == "1")
+precision = sys.argv[6]
 if keep:
     keep_freed_memory()
 torch.manual_seed(0)
 model = create_model("resnet20")
 if moment:
     use_moment_batch_norm(model)
-step = make_step(model, "train", BenchSetup(precision="bf16", channels_last=True), 128, 32,
+step = make_step(model, "train", BenchSetup(precision=precision, channels_last=True), 128, 32,
                  torch.device("cpu"))  # the training step `reslab bench --mode train` times
 if compiled:
     step.model = torch.compile(step.model)
@@ -61,9 +68,13 @@ print(json.dumps({"img_per_s": steps * 128 / seconds,
 """
 
 
+PRECISION = "bf16"  # set by main() from --precision
+
+
 def run_step(keep: bool, compiled: bool, steps: int, profile: bool = False, moment: bool = False) -> str:
     flags = [str(int(flag)) for flag in (keep, compiled)] + [str(steps)] + [str(int(flag)) for flag in (profile, moment)]
-    return subprocess.run([sys.executable, "-c", STEP, *flags], check=True, capture_output=True, text=True).stdout
+    return subprocess.run([sys.executable, "-c", STEP, *flags, PRECISION], check=True, capture_output=True,
+                          text=True).stdout
 
 
 def measure(keep: bool, compiled: bool, steps: int, moment: bool = False) -> dict:
@@ -77,7 +88,7 @@ def compare_batchnorm(steps: int, repeats: int) -> None:
         rounds.append({moment: measure(True, True, steps, moment)["img_per_s"] for moment in (False, True)})
     ratios = sorted(r[True] / r[False] for r in rounds)
     middle = len(rounds) // 2
-    print(f"ResNet-20 compiled training step, bf16 channels_last, batch 128, {os.cpu_count()} cores; "
+    print(f"ResNet-20 compiled training step, {PRECISION} channels_last, batch 128, {os.cpu_count()} cores; "
           f"{repeats} rounds of {steps} steps, each round both layers in fresh processes")
     for name, moment in (("nn.BatchNorm2d", False), ("MomentBatchNorm2d", True)):
         speeds = sorted(r[moment] for r in rounds)
@@ -94,7 +105,11 @@ def main() -> None:
                         help="instead, print a torch.profiler table of the compiled step as the trainer runs it")
     parser.add_argument("--batchnorm", action="store_true",
                         help="instead, compare the compiled step with nn.BatchNorm2d and with MomentBatchNorm2d")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="the step's precision; auto: what reslab train picks on this CPU")
     args = parser.parse_args()
+    global PRECISION
+    PRECISION = resolve_precision(args.precision, torch.device("cpu"))[0]
     if args.profile:
         print(run_step(True, True, args.steps, profile=True))
         return
@@ -106,7 +121,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for compiled, keep in settings:
             results[(compiled, keep)].append(measure(keep, compiled, args.steps))
-    print(f"ResNet-20 training step, bf16 channels_last, batch 128, {os.cpu_count()} cores; "
+    print(f"ResNet-20 training step, {PRECISION} channels_last, batch 128, {os.cpu_count()} cores; "
           f"median of {args.repeats} rounds of {args.steps} steps")
     print(f"  {'step':10s} {'malloc':22s} {'page faults/step':>17s} {'img/s':>7s}")
     for compiled in (False, True):
