@@ -81,8 +81,8 @@ def test_one_cycle_peaks_at_the_end_of_warmup_with_momentum_the_other_way():
 def test_fast_recipe_warms_up_then_decays_linearly_to_zero():
     config = TrainConfig.from_recipe("fast")
     schedule = config.build_schedule(97)
-    assert schedule.total_iterations == 24 * 97
-    assert schedule.warmup_iterations == round(0.15 * 24 * 97)
+    assert schedule.total_iterations == 25 * 97
+    assert schedule.warmup_iterations == round(0.15 * 25 * 97)
     assert schedule.lr(0) == pytest.approx(0.015)
     assert schedule.lr(schedule.warmup_iterations) == pytest.approx(0.15)
     assert schedule.lr(schedule.total_iterations) == pytest.approx(0.0)
