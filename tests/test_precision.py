@@ -56,3 +56,10 @@ def test_evaluation_commands_take_precision_and_keep_fp32_as_a_shorthand(capsys)
             parser.parse_args([*base, "--precision", "fp16"])
         assert exc.value.code == 2
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("capability, chosen", [((9, 0), "bf16"), ((8, 0), "bf16"), ((7, 5), "fp32")])
+def test_auto_picks_bf16_on_gpus_from_ampere_on(monkeypatch, capability, chosen):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    picked, note = resolve_precision("auto", torch.device("cuda"))
+    assert picked == chosen and f"compute capability {capability[0]}.{capability[1]}" in note
