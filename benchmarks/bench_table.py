@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -24,6 +23,8 @@ import torch
 
 from reslab import create_model, model_info
 from reslab.inference.bench import BASELINE, BenchSetup, run_benchmark
+from reslab.precision import native_bf16
+from reslab.train.state import cpu_name
 
 CANDIDATES = {
     "infer": [BenchSetup("fp32", channels_last=True, fold_bn=True), BenchSetup("bf16", channels_last=True),
@@ -66,7 +67,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.time()
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+    print(f"torch {torch.__version__}, {cpu_name()} ({native_bf16(torch.device('cpu'))[1]}), {os.cpu_count()} CPUs, "
           f"{torch.get_num_threads()} threads, load average at start {os.getloadavg()[0]:.1f}", file=sys.stderr)
     rows = []
     for name in args.models:

@@ -5,11 +5,10 @@ bfloat16 (Kalamkar et al. 2019, "A Study of BFLOAT16 for Deep Learning Training"
 float32's exponent range, so a network trains under bf16 autocast without loss scaling. It only
 pays where the hardware computes in it: NVIDIA GPUs from Ampere on, and x86 CPUs with the
 AVX512-BF16 or AMX-BF16 instructions (Intel Cooper Lake and Sapphire Rapids on, AMD Zen 4 on).
-Elsewhere PyTorch's CPU kernels convert bf16 to float32 and back around every operation. On an
-Ice Lake Xeon (AVX-512, no bf16 instructions), ``reslab bench resnet20 --mode train
---batch-size 128`` measured a bf16 autocast + channels_last step at 0.75x the images/s of plain
-float32, against 1.35x for float32 + channels_last (README, "GPU and CPU kinds"); on a
-Sapphire Rapids core with AMX, bf16 is the faster one.
+Elsewhere PyTorch's CPU kernels convert bf16 to float32 and back around every operation: on an
+Ice Lake Xeon (AVX-512, no bf16 instructions) a ResNet-20 training step under bf16 autocast ran
+slower than in float32, and on a Xeon with AMX-bf16 several times faster (README, "Precision",
+``benchmarks/bench_table.py``).
 
 ``auto`` decides from the CPU's feature flags (``/proc/cpuinfo``) or the GPU's compute
 capability; ``bf16`` and ``fp32`` force a precision. Every command that runs a model takes

@@ -296,8 +296,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     #   25 epochs, the first 13 on 24x24 crops (this recipe; --small-crop-part 0.52), moment_bn,
     #       seeds 0-6 -> 91.73, 91.35, 91.35, 91.56, 91.68, 91.16, 91.39 (single view 90.64, 90.31,
     #       90.21, 90.59, 90.55, 90.14, 90.13) in 16.7, 16.4, 20.0, 18.6, 19.3, 18.5, 16.2 min:
-    #       91.46 on average against 91.36 for the 24-epoch version; one epoch of 24x24 crops
-    #       (about 30 s) bought 0.1 points, on a slower stretch of the machine than those runs
+    #       91.46 on average against 91.36 for the 24-epoch version (seven seeds each, sd 0.2:
+    #       suggestive, not established) for one more epoch of 24x24 crops, about 30 s
     #   24 epochs, the first 12 on 24x24 crops, but each block's last BN scale starting at zero
     #       (--model-arg zero_init_residual=True), seed 0 -> 88.84 (single view 87.76) in
     #       16.4 min: 10.7% training error in the last epoch against 6.2%

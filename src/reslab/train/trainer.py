@@ -486,18 +486,18 @@ def _prepare_out(out: Path, resume: bool, env: DistributedEnv) -> Optional[dict]
     return state
 
 
-def _write_start(out: Path, config: TrainConfig, env: dict[str, Any], resumed_at: Optional[int]) -> None:
-    """config.json at the start, with the environment ``env``; on resume, the resumption
-    appended to its history."""
+def _write_start(out: Path, config: TrainConfig, run_environment: dict[str, Any], resumed_at: Optional[int]) -> None:
+    """config.json at the start, with ``run_environment`` (torch, device, precision...); on
+    resume, the resumption and its environment appended to its history."""
     import json
 
     try:
         if resumed_at is None:
-            write_config(out, config, env)
+            write_config(out, config, run_environment)
             return
         data = json.loads((out / CONFIG_FILE).read_text())
         data.setdefault("resumed", []).append({"iteration": resumed_at, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                               "environment": env})
+                                               "environment": run_environment})
         write_json(out / CONFIG_FILE, data)
     except OSError as exc:
         raise TrainingError(f"cannot write to the run folder {out}: {exc.strerror or exc}") from None
