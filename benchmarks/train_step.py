@@ -28,7 +28,7 @@ import sys
 
 import torch
 
-from reslab.precision import resolve_precision
+from reslab.precision import PRECISIONS, resolve_precision
 
 STEP = """
 import json, resource, sys, time
@@ -68,27 +68,24 @@ print(json.dumps({"img_per_s": steps * 128 / seconds,
 """
 
 
-PRECISION = "bf16"  # set by main() from --precision
-
-
-def run_step(keep: bool, compiled: bool, steps: int, profile: bool = False, moment: bool = False) -> str:
+def run_step(keep: bool, compiled: bool, steps: int, precision: str, profile: bool = False, moment: bool = False) -> str:
     flags = [str(int(flag)) for flag in (keep, compiled)] + [str(steps)] + [str(int(flag)) for flag in (profile, moment)]
-    return subprocess.run([sys.executable, "-c", STEP, *flags, PRECISION], check=True, capture_output=True,
+    return subprocess.run([sys.executable, "-c", STEP, *flags, precision], check=True, capture_output=True,
                           text=True).stdout
 
 
-def measure(keep: bool, compiled: bool, steps: int, moment: bool = False) -> dict:
-    return json.loads(run_step(keep, compiled, steps, moment=moment).strip().splitlines()[-1])
+def measure(keep: bool, compiled: bool, steps: int, precision: str, moment: bool = False) -> dict:
+    return json.loads(run_step(keep, compiled, steps, precision, moment=moment).strip().splitlines()[-1])
 
 
-def compare_batchnorm(steps: int, repeats: int) -> None:
+def compare_batchnorm(steps: int, repeats: int, precision: str) -> None:
     """Compiled step with nn.BatchNorm2d vs MomentBatchNorm2d, both with keep_freed_memory()."""
     rounds = []
     for _ in range(repeats):
-        rounds.append({moment: measure(True, True, steps, moment)["img_per_s"] for moment in (False, True)})
+        rounds.append({moment: measure(True, True, steps, precision, moment)["img_per_s"] for moment in (False, True)})
     ratios = sorted(r[True] / r[False] for r in rounds)
     middle = len(rounds) // 2
-    print(f"ResNet-20 compiled training step, {PRECISION} channels_last, batch 128, {os.cpu_count()} cores; "
+    print(f"ResNet-20 compiled training step, {precision} channels_last, batch 128, {os.cpu_count()} cores; "
           f"{repeats} rounds of {steps} steps, each round both layers in fresh processes")
     for name, moment in (("nn.BatchNorm2d", False), ("MomentBatchNorm2d", True)):
         speeds = sorted(r[moment] for r in rounds)
@@ -105,23 +102,22 @@ def main() -> None:
                         help="instead, print a torch.profiler table of the compiled step as the trainer runs it")
     parser.add_argument("--batchnorm", action="store_true",
                         help="instead, compare the compiled step with nn.BatchNorm2d and with MomentBatchNorm2d")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="the step's precision; auto: what reslab train picks on this CPU")
     args = parser.parse_args()
-    global PRECISION
-    PRECISION = resolve_precision(args.precision, torch.device("cpu"))[0]
+    precision = resolve_precision(args.precision, torch.device("cpu"))[0]
     if args.profile:
-        print(run_step(True, True, args.steps, profile=True))
+        print(run_step(True, True, args.steps, precision, profile=True))
         return
     if args.batchnorm:
-        compare_batchnorm(args.steps, args.repeats)
+        compare_batchnorm(args.steps, args.repeats, precision)
         return
     settings = [(compiled, keep) for compiled in (False, True) for keep in (False, True)]
     results: dict[tuple, list[dict]] = {s: [] for s in settings}
     for _ in range(args.repeats):
         for compiled, keep in settings:
-            results[(compiled, keep)].append(measure(keep, compiled, args.steps))
-    print(f"ResNet-20 training step, {PRECISION} channels_last, batch 128, {os.cpu_count()} cores; "
+            results[(compiled, keep)].append(measure(keep, compiled, args.steps, precision))
+    print(f"ResNet-20 training step, {precision} channels_last, batch 128, {os.cpu_count()} cores; "
           f"median of {args.repeats} rounds of {args.steps} steps")
     print(f"  {'step':10s} {'malloc':22s} {'page faults/step':>17s} {'img/s':>7s}")
     for compiled in (False, True):

@@ -131,13 +131,13 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
     model, compile_note = _maybe_compile(model, config, total - run.iteration)
 
     show = Progress(config.progress, env.is_main, total_epochs)
+    run_environment = {**environment(device), "precision": precision}
     if env.is_main:
-        _write_start(out, config, {**environment(device), "precision": precision},
-                     run.iteration if state is not None else None)
+        _write_start(out, config, run_environment, run.iteration if state is not None else None)
     with _writing(out, run, out / METRICS_FILE):
         log.start(run.iteration if state is not None else None)
     show.message(f"{config.model}: {sum(p.numel() for p in raw.parameters()):,} parameters, {depth} layers; "
-                 f"{device} ({environment(device)['device_name']}), {torch.get_num_threads()} threads x {env.world_size} "
+                 f"{device} ({run_environment['device_name']}), {torch.get_num_threads()} threads x {env.world_size} "
                  f"process(es), {precision}{' autocast' if precision == 'bf16' else ''}, "
                  f"{'channels_last' if config.channels_last else 'NCHW'}")
     show.message(data["summary"])
