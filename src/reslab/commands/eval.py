@@ -26,7 +26,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, required: bool = True
     if precision:
         parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                             help="auto: bfloat16 autocast where the CPU or GPU has bf16 instructions, else float32")
-        parser.add_argument("--fp32", dest="precision", action="store_const", const="fp32",
+        parser.add_argument("--fp32", dest="precision", action="store_const", const="fp32", default=argparse.SUPPRESS,
                             help="the same as --precision fp32")
     parser.add_argument("--seed", type=random_seed, default=0, help="seed of the image subset and of random draws")
 
