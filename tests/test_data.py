@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import io
 import os
+import sys
 import pickle
 import struct
 import tarfile
@@ -82,6 +83,19 @@ def test_class_folder_reader_accepts_a_split_folder(tiny_cifar):
     assert torch.equal(direct.images, load_dataset(tiny_cifar, "test", progress=False).images)
     with pytest.raises(DataError, match="is the 'test' split"):
         load_dataset(tiny_cifar / "test", "train", progress=False)
+
+
+def test_decoding_progress_is_a_bar_on_a_terminal_and_two_plain_lines_elsewhere(tiny_cifar, capsys, monkeypatch):
+    load_dataset(tiny_cifar, "test", cache=False)  # pytest's stderr is not a terminal
+    lines = capsys.readouterr().err.splitlines()
+    assert "\r" not in "".join(lines) and len(lines) == 2
+    assert lines[0] == f"decoding {tiny_cifar / 'test'} (100 images)..."
+    assert lines[1].startswith(f"decoding {tiny_cifar / 'test'}: 100 images in ")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    load_dataset(tiny_cifar, "test", cache=False)
+    assert "\r" in capsys.readouterr().err  # tqdm redraws in place
+    load_dataset(tiny_cifar, "test", cache=False, progress=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_class_folder_reader_converts_other_modes_to_rgb(tmp_path):

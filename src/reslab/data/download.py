@@ -25,6 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from reslab.data.progress import progress_bar
 from reslab.errors import DataError
 
 OFFICIAL_SITE = "https://www.cs.toronto.edu/~kriz/"
@@ -90,14 +91,11 @@ def download_cifar(name: str, root: Path, *, url: str | None = None, md5: str | 
 
 def _fetch(url: str, file, progress: bool) -> str:
     """Stream ``url`` into ``file``; its MD5 (hex)."""
-    from tqdm import tqdm
-
     digest = hashlib.md5()
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, desc=f"downloading {url}", unit="B", unit_scale=True, disable=not progress,
-                      leave=False, dynamic_ncols=True) as bar:
+            with progress_bar(total, f"downloading {url}", unit="B", unit_scale=True, enabled=progress) as bar:
                 while chunk := response.read(CHUNK_BYTES):
                     file.write(chunk)
                     digest.update(chunk)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from reslab.data.dataset import ImageDataset
+from reslab.data.progress import progress_bar
 from reslab.errors import DataError
 
 SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
@@ -106,7 +107,7 @@ def read_class_folders(source: SplitSource, progress: bool = True) -> ImageDatas
     size = first.shape[:2]
     images = np.empty((len(source.files), *size, 3), dtype=np.uint8)
     chunks = [source.files[i:i + CHUNK_FILES] for i in range(0, len(source.files), CHUNK_FILES)]
-    with _progress_bar(len(source.files), f"decoding {source.location}", progress) as bar:
+    with progress_bar(len(source.files), f"decoding {source.location}", unit="image", enabled=progress) as bar:
         for start, block in zip(range(0, len(source.files), CHUNK_FILES), _decode_chunks(chunks, size)):
             images[start:start + len(block)] = block
             bar.update(len(block))
@@ -155,9 +156,3 @@ def decode_image(path: str) -> np.ndarray:
     except Exception as exc:  # Pillow raises many kinds for broken files; name the file whatever it is
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"{path} cannot be read as an image ({reason}); replace or delete it") from None
-
-
-def _progress_bar(total: int, description: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=description, unit="img", disable=not enabled, leave=False, dynamic_ncols=True)
