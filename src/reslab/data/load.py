@@ -32,7 +32,8 @@ def load_dataset(path: str | os.PathLike, split: str = "train", *, cache_dir: Pa
         download_cifar(dataset_name(path), path, progress=progress)
     if not path.exists():
         raise DataError(f"{path} does not exist; pass a data set folder (train/<class>/<images>, test/..., or an "
-                        "extracted official CIFAR archive), or download CIFAR-10/100 into it with download=True")
+                        "extracted official CIFAR archive), or download CIFAR-10/100 into it (`reslab train "
+                        "--download`, or download=True in Python)")
     source = find_source(path, split)
     if not cache:
         return source.read(progress)
