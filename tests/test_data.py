@@ -117,7 +117,7 @@ def make_tree(root: Path, images_per_class: int = 2) -> Path:
 
 def test_bad_class_folders_raise_data_errors_naming_the_culprit(tmp_path):
     root = make_tree(tmp_path / "data")
-    with pytest.raises(DataError, match="does not exist.*reslab train --download):
+    with pytest.raises(DataError, match="does not exist.*reslab train --download"):
         load_dataset(tmp_path / "nowhere")
     with pytest.raises(DataError, match="no 'val' split folder"):
         load_dataset(root, "val", progress=False)
