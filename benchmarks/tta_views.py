@@ -78,7 +78,7 @@ def main() -> None:
         model = model.to(memory_format=torch.channels_last)
         batches = eval_batches(test, card.mean, card.std, batch_size=500)
         labels = torch.cat([labels for _, labels in batches])
-        with evaluation_mode(model):
+        with evaluation_mode(model), torch.no_grad():
             view_logits(model, batches[:1], (0, 0), False, bf16)  # warm-up, so that the first view's time is fair
             logits, seconds = {}, {}
             for shift in shifts:
