@@ -384,6 +384,45 @@ def test_tta_logits_average_the_mirror_and_the_translated_views():
         tta_logits(model, x, translate=6)
 
 
+class Untraceable(torch.nn.Module):
+    """A model whose forward branches on its input's values, which torch.fx cannot trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x)).mean((2, 3))
+        return y if y.sum() > 0 else -y
+
+
+def test_evaluation_runs_a_bn_folded_copy_with_the_same_results():
+    from contextlib import nullcontext
+
+    from reslab import create_model
+    from reslab.train.distributed import DistributedEnv
+
+    torch.manual_seed(0)
+    model = create_model("resnet20")
+    with torch.no_grad():  # statistics and affine maps that are not the identity, so folding changes weights
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.5, 0.5)
+    folded = trainer.folded_for_evaluation(model)
+    assert folded is not model and model.training and not folded.training  # the model itself is untouched
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    with torch.no_grad():
+        assert torch.allclose(folded(images), model.eval()(images), atol=1e-4)
+        model.train()
+        unfolded = [torch.nn.functional.cross_entropy(model.eval()(images), labels).item(),
+                    (model(images).argmax(1) != labels).float().mean().item()]
+    loss, error = trainer.evaluate(model.train(), [(images, labels)], nullcontext, DistributedEnv())
+    assert loss == pytest.approx(unfolded[0], abs=1e-4) and error == unfolded[1]
+    untraceable = Untraceable()
+    assert trainer.folded_for_evaluation(untraceable) is untraceable and not untraceable.training
+
+
 def test_a_test_time_shift_too_large_for_the_images_is_refused_before_training(tiny_cifar, tmp_path):
     with pytest.raises(ReslabError, match="--tta-translate 32 needs images larger"):
         train(tiny_config(tiny_cifar, tmp_path / "run", tta_translate=32))
