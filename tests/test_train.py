@@ -396,14 +396,19 @@ class Untraceable(torch.nn.Module):
         return y if y.sum() > 0 else -y
 
 
-def test_evaluation_runs_a_bn_folded_copy_with_the_same_results():
+@pytest.mark.parametrize("moment_bn", [False, True])
+def test_evaluation_runs_a_bn_folded_copy_with_the_same_results(moment_bn):
     from contextlib import nullcontext
 
     from reslab import create_model
+    from reslab.train.batchnorm import MomentBatchNorm2d, use_moment_batch_norm
     from reslab.train.distributed import DistributedEnv
 
     torch.manual_seed(0)
     model = create_model("resnet20")
+    if moment_bn:  # the fast recipe's BN, a subclass that torch.fx must not trace into
+        use_moment_batch_norm(model)
+        assert any(isinstance(m, MomentBatchNorm2d) for m in model.modules())
     with torch.no_grad():  # statistics and affine maps that are not the identity, so folding changes weights
         for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
             bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)

@@ -35,7 +35,7 @@ def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
     if model.training:
         model = copy.deepcopy(model).eval()
     try:
-        graph = fx.symbolic_trace(model).graph
+        graph = _LayerTracer().trace(model)
     except Exception as exc:  # fx raises TraceError, TypeError, NotImplementedError...
         raise ValueError(f"cannot fold BN in {type(model).__name__}: its forward cannot be traced by torch.fx ({exc})") from None
     modules = dict(model.named_modules())
@@ -57,6 +57,14 @@ def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
                 and conv.out_channels == bn.num_features and calls[source.target] == 1 and calls[node.target] == 1):
             pairs.append((source.target, node.target))
     return pairs
+
+
+class _LayerTracer(fx.Tracer):
+    """torch.fx's tracer, keeping subclasses of conv and BN layers (such as the trainer's
+    ``MomentBatchNorm2d``) as single calls instead of tracing into their forward."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, (_ConvNd, _BatchNorm)) or super().is_leaf_module(module, qualified_name)
 
 
 def _is_call_of(node: object, modules: dict[str, nn.Module], kinds: type | tuple[type, ...]) -> bool:
