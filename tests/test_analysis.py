@@ -404,6 +404,9 @@ def test_commands_end_to_end(tiny_cifar, tmp_path, capsys, monkeypatch):
     classes = sorted(p.name for p in (tiny_cifar / "test").iterdir())
     for name in ("resnet20", "plain20"):
         model = create_model(name)
+        with torch.no_grad():  # BN maps that are not the identity, so that folding them changes the convolutions
+            for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+                bn.running_mean.uniform_(-0.2, 0.2), bn.running_var.uniform_(0.5, 2.0), bn.bias.uniform_(-0.2, 0.2)
         save_model(tmp_path / f"{name}.safetensors", model, make_card(name, model, class_names=classes,
                                                                       mean=(0.5,) * 3, std=(0.25,) * 3))
     ckpt, plain, out = str(tmp_path / "resnet20.safetensors"), str(tmp_path / "plain20.safetensors"), tmp_path / "out"
@@ -414,6 +417,14 @@ def test_commands_end_to_end(tiny_cifar, tmp_path, capsys, monkeypatch):
     assert main(["eval", ckpt, *data, "--out", str(out / "eval")]) == 0
     table = json.loads((out / "eval" / "eval.json").read_text())
     assert table["num_images"] == 10 and sum(map(sum, table["confusion"])) == 10 and not table["tta_flip"]
+    # eval runs a BN-folded copy: the same predictions as the model as saved
+    from reslab import load_model
+    from reslab.analysis.evaluate import eval_batches
+    from reslab.data import balanced_subset, load_dataset
+    saved, card = load_model(ckpt)
+    subset = balanced_subset(load_dataset(tiny_cifar, "test"), 10, 0)
+    unfolded = evaluate(saved, eval_batches(subset, card.mean, card.std), classes)
+    assert table["confusion"] == unfolded.confusion
     assert main(["lesion", ckpt, *data, "--plain", plain, "--max-k", "1", "--draws", "1", "--out", str(out / "lesion")]) == 0
     lesion = json.loads((out / "lesion" / "lesion.json").read_text())
     assert len(lesion["single"]["blocks"]) == 9 and sum(r["downsampling"] for r in lesion["single"]["blocks"]) == 2

@@ -1,7 +1,8 @@
 HELP = """Evaluate a checkpoint on a data set: accuracy, per-class accuracy and the confusion matrix.
 
 CHECKPOINT is a model file or a run folder written by `reslab train`; images are normalised with
-the mean and std recorded in it. Prints the tables and writes eval.json and confusion.png (a
+the mean and std recorded in it. BN layers are folded into the convolutions before them (the
+same logits to rounding, faster), as in the evaluations of `reslab train`. Prints the tables and writes eval.json and confusion.png (a
 heatmap of the confusion matrix) into --out.
 
 The data options here are shared by the analysis commands (lesion, paths, responses).
@@ -87,13 +88,14 @@ def run(args: argparse.Namespace) -> int:
 
     from reslab.analysis.evaluate import evaluate, plot_confusion
     from reslab.analysis.plots import write_json
+    from reslab.inference.fold import folded_for_evaluation
     from reslab.train.extras import check_tta_translate
 
     dataset = load_images(args)
     check_tta_translate(args.tta_translate, dataset.image_size)
     model, card, classes, batches = load_checkpoint_batches(args.checkpoint, dataset, args)
     bf16 = run_in_bf16(args)
-    result = evaluate(model, batches, classes, bf16=bf16, tta_flip=args.tta_flip, tta_translate=args.tta_translate)
+    result = evaluate(folded_for_evaluation(model), batches, classes, bf16=bf16, tta_flip=args.tta_flip, tta_translate=args.tta_translate)
     view_names = " and ".join(name for name, on in (("flips", args.tta_flip),
                                                     (f"{args.tta_translate}-pixel shifts", args.tta_translate)) if on)
     views = f" with test-time {view_names}" if view_names else ""

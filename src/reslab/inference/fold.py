@@ -100,6 +100,16 @@ def fold_bn(model: nn.Module) -> nn.Module:
     return folded
 
 
+def folded_for_evaluation(model: nn.Module) -> nn.Module:
+    """:func:`fold_bn`'s eval-mode copy of ``model`` (the same logits to rounding, one pass fewer
+    over each activation), or ``model`` itself, put in eval mode, where torch.fx cannot trace it;
+    what ``reslab train`` and ``reslab eval`` evaluate."""
+    try:
+        return fold_bn(model)
+    except ValueError:
+        return model.eval()
+
+
 def count_batchnorms(model: nn.Module) -> int:
     """BN layers left in ``model`` (for reporting what :func:`fold_bn` folded)."""
     return sum(isinstance(m, _BatchNorm) for m in model.modules())

@@ -30,6 +30,7 @@ from torch import nn
 
 from reslab.checkpoint import make_card, partial_writes, save_model, unwrap
 from reslab.errors import DataError, ReslabError, TrainingError
+from reslab.inference.fold import folded_for_evaluation
 from reslab.precision import resolve_precision
 from reslab.train import distributed
 from reslab.train.batchnorm import use_moment_batch_norm
@@ -323,18 +324,6 @@ def evaluate(model: nn.Module, loader, autocast, env: DistributedEnv, *, flip: b
                               (logits.argmax(1) != labels).sum().item(), len(labels)], dtype=torch.float64)
     sums = distributed.all_reduce(sums.to(next(model.parameters()).device), env).cpu()
     return float(sums[0] / sums[2]), float(sums[1] / sums[2])
-
-
-def folded_for_evaluation(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` with its BN layers folded into the convolutions before
-    them (:func:`reslab.inference.fold.fold_bn`: the same logits to rounding, one pass fewer over
-    each activation), or ``model`` itself in eval mode where torch.fx cannot trace it."""
-    from reslab.inference.fold import fold_bn
-
-    try:
-        return fold_bn(model)
-    except ValueError:
-        return model.eval()
 
 
 @dataclass
