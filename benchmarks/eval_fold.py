@@ -19,6 +19,7 @@ import torch
 from reslab.analysis.evaluate import autocast, eval_batches
 from reslab.checkpoint import load_model
 from reslab.data import load_dataset
+from reslab.errors import ReslabError
 from reslab.precision import PRECISIONS, resolve_precision
 from reslab.train import trainer
 from reslab.train.distributed import DistributedEnv
@@ -59,4 +60,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ReslabError as exc:  # a missing run or data folder: its one-line message, not a traceback
+        raise SystemExit(f"eval_fold.py: error: {exc}") from None

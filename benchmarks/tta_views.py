@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from reslab.analysis.evaluate import autocast, eval_batches, evaluation_mode
 from reslab.checkpoint import load_model
 from reslab.data import balanced_subset, load_dataset
+from reslab.errors import ReslabError
 from reslab.precision import PRECISIONS, resolve_precision
 from reslab.train.extras import tta_logits
 
@@ -112,4 +113,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ReslabError as exc:  # a missing run or data folder: its one-line message, not a traceback
+        raise SystemExit(f"tta_views.py: error: {exc}") from None

@@ -2,8 +2,8 @@ HELP = """Evaluate a checkpoint on a data set: accuracy, per-class accuracy and 
 
 CHECKPOINT is a model file or a run folder written by `reslab train`; images are normalised with
 the mean and std recorded in it. BN layers are folded into the convolutions before them (the
-same logits to rounding, faster), as in the evaluations of `reslab train`. Prints the tables and writes eval.json and confusion.png (a
-heatmap of the confusion matrix) into --out.
+same logits to rounding, faster), as in the evaluations of `reslab train`. Prints the tables
+and writes eval.json and confusion.png (a heatmap of the confusion matrix) into --out.
 
 The data options here are shared by the analysis commands (lesion, paths, responses).
 """
@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     check_tta_translate(args.tta_translate, dataset.image_size)
     model, card, classes, batches = load_checkpoint_batches(args.checkpoint, dataset, args)
     bf16 = run_in_bf16(args)
-    result = evaluate(folded_for_evaluation(model), batches, classes, bf16=bf16, tta_flip=args.tta_flip, tta_translate=args.tta_translate)
+    result = evaluate(folded_for_evaluation(model), batches, classes, bf16=bf16, tta_flip=args.tta_flip,
+                      tta_translate=args.tta_translate)
     view_names = " and ".join(name for name, on in (("flips", args.tta_flip),
                                                     (f"{args.tta_translate}-pixel shifts", args.tta_translate)) if on)
     views = f" with test-time {view_names}" if view_names else ""
