@@ -11,8 +11,8 @@ fast recipe) that separate runs with and without ``--ema-decay`` would add.
 The averages are ``reslab.train.extras.ModelEma`` (weights and BN statistics, as ``--ema-decay``),
 kept by a trainer callback: it takes the weights after every step (when the next step's
 gradients are ready, and after the last step at the end of the epoch), so each average covers
-the steps that ``--ema-decay`` would, plus the initial weights once more (weight decay**steps,
-nothing). They are written as OUT/ema_<decay>.safetensors with the run's model card, so
+the weights that ``--ema-decay`` would (its BN statistics run one batch ahead of them, as the
+callback sees the model after the next forward pass). They are written as OUT/ema_<decay>.safetensors with the run's model card, so
 ``reslab eval`` reads them too.
 
 Each set of weights is evaluated with the BN statistics it has (for an average, the average of
@@ -42,7 +42,9 @@ from reslab.data import BatchLoader, balanced_subset, load_dataset
 from reslab.errors import ReslabError
 from reslab.inference.fold import folded_for_evaluation
 from reslab.precision import resolve_precision
+from reslab.registry import list_models
 from reslab.train import TrainConfig, train
+from reslab.train.config import RECIPES
 from reslab.train.extras import ModelEma
 
 
@@ -97,8 +99,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--data", required=True, help="data set folder, as for `reslab train`")
     parser.add_argument("--out", type=Path, required=True, help="the run folder (a finished one is evaluated again)")
-    parser.add_argument("--model", default="resnet20")
-    parser.add_argument("--recipe", default="fast")
+    parser.add_argument("--model", default="resnet20", help="a registered model (`reslab models`)")
+    parser.add_argument("--recipe", default="fast", choices=list(RECIPES))
     parser.add_argument("--decays", type=increasing_fractions, default=DECAYS,
                         help=f"EMA decays per step, increasing (default {','.join(map(str, DECAYS))})")
     parser.add_argument("--seed", type=random_seed, default=0)
@@ -108,6 +110,8 @@ def main() -> None:
     parser.add_argument("--bn-images", type=positive_int, default=10_000,
                         help="training images (class-balanced) that re-estimate the BN statistics (default %(default)s)")
     args = parser.parse_args()
+    if args.model not in list_models():
+        parser.error(f"unknown model {args.model!r}; `reslab models` lists them")
 
     overrides = dict(model=args.model, data=args.data, out=str(args.out), seed=args.seed, progress="plain")
     if args.epochs:
