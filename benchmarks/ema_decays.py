@@ -172,6 +172,7 @@ def main() -> None:
                                   live_card.std, batch_size=config.batch_size)
         print(f"  {source:58s} {accuracy(reestimated_bn(live, images, bf16)):6.2f}", flush=True)
 
+
 if __name__ == "__main__":
     try:
         main()
