@@ -12,16 +12,18 @@ The averages are ``reslab.train.extras.ModelEma`` (weights and BN statistics, as
 kept by a trainer callback: it takes the weights after every step (when the next step's
 gradients are ready, and after the last step at the end of the epoch), so each average covers
 the weights that ``--ema-decay`` would (its BN statistics run one batch ahead of them, as the
-callback sees the model after the next forward pass). They are written as OUT/ema_<decay>.safetensors with the run's model card, so
-``reslab eval`` reads them too.
+callback sees the model after the next forward pass). They are written as
+OUT/ema_<decay>.safetensors with the run's model card, so ``reslab eval`` reads them too.
 
 Each set of weights is evaluated with the BN statistics it has (for an average, the average of
 the live statistics, as ``--ema-decay`` evaluates it), and, in a single view, with statistics
 re-estimated for its own weights (averaged weights need statistics of their own: Izmailov et
 al. 2018, SWA, sec. 3.2; pycls's "precise BN"): the plain mean, in training mode, over one
 epoch of ``--bn-images`` training images in batches augmented as the recipe's. Last, the live
-weights' statistics re-estimated from the same images unaugmented, and from the test images. Rerun on a finished OUT, the script evaluates again without
-training; a stopped run cannot be resumed (the averages live in memory), so start it again.
+weights' statistics re-estimated from the same images unaugmented, and from the test images.
+
+Rerun on a finished OUT, the script evaluates again without training; a stopped run cannot be
+resumed (the averages live in memory), so start it again.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reslab.analysis.evaluate import eval_batches, evaluate
+from reslab.analysis.evaluate import autocast, eval_batches, evaluate
 from reslab.argtypes import increasing_fractions, positive_int, random_seed
 from reslab.checkpoint import load_model, read_checkpoint, save_model
 from reslab.data import BatchLoader, balanced_subset, load_dataset
@@ -86,7 +88,7 @@ def reestimated_bn(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch
         norm.momentum = None  # a cumulative average: every batch weighs the same
     model.train()
     for images, _ in batches:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with autocast(images.device, bf16):
             model(images)
     return model.eval()
 
@@ -131,11 +133,21 @@ def main() -> None:
             save_model(ema_file(args.out, decay), average.module, card)
 
     bf16 = resolve_precision(config.precision, torch.device("cpu"))[0] == "bf16"
+    _, card = read_checkpoint(args.out / "model.safetensors")  # the averages carry the same card
     test = load_dataset(args.data, "test")
     if args.images:
         test = balanced_subset(test, args.images, 0)
     train_images = load_dataset(args.data, "train")
     bn_images = balanced_subset(train_images, min(args.bn_images, len(train_images)), args.seed)
+    test_batches = eval_batches(test, card.mean, card.std, batch_size=500)
+    augmented = list(BatchLoader(bn_images, config.batch_size, train=True, mean=card.mean, std=card.std,
+                                 crop_padding=config.crop_padding, padding_mode=config.padding_mode,
+                                 flip=config.flip, seed=args.seed))
+
+    def accuracy(weights: nn.Module, **tta) -> float:
+        folded = folded_for_evaluation(weights)
+        return 100 * evaluate(folded, test_batches, card.class_names or test.classes, bf16=bf16, **tta).accuracy
+
     views = dict(tta_flip=config.tta_flip, tta_translate=config.tta_translate)
     print(f"{args.out}: {config.model}, recipe {config.recipe}, seed {config.seed}; test accuracy (%) on "
           f"{len(test):,} images, {'bf16' if bf16 else 'fp32'}, BN folded; BN statistics re-estimated on "
@@ -143,21 +155,11 @@ def main() -> None:
     print(f"  {'weights':22s} {'single view':>11s} {'recipe views':>13s}   {'single view, BN re-estimated':>28s}")
     for name, path in [("live (the run's)", args.out / "model.safetensors"),
                        *((f"EMA decay {d:g}", ema_file(args.out, d)) for d in args.decays)]:
-        model, card = load_model(path)
-        model = model.to(memory_format=torch.channels_last)
-        test_batches = eval_batches(test, card.mean, card.std, batch_size=500)
-
-        def accuracy(weights: nn.Module, **tta) -> float:
-            folded = folded_for_evaluation(weights)
-            return 100 * evaluate(folded, test_batches, card.class_names or test.classes, bf16=bf16, **tta).accuracy
-
-        augmented = list(BatchLoader(bn_images, config.batch_size, train=True, mean=card.mean, std=card.std,
-                                     crop_padding=config.crop_padding, padding_mode=config.padding_mode,
-                                     flip=config.flip, seed=args.seed))
+        model = load_model(path)[0].to(memory_format=torch.channels_last)
         print(f"  {name:22s} {accuracy(model):11.2f} {accuracy(model, **views):13.2f}   "
               f"{accuracy(reestimated_bn(model, augmented, bf16)):28.2f}", flush=True)
-        if path.name == "model.safetensors":
-            live, live_card = model, card
+        if name.startswith("live"):
+            live = model
     # Which images the statistics come from matters: the network was trained on augmented batches.
     # The subsets are in class order, so they are shuffled (batches of one class would average
     # within-class variances).
@@ -168,8 +170,8 @@ def main() -> None:
     print(f"live weights, single view, BN statistics re-estimated from {len(bn_images):,} images:")
     for source, images in sources.items():
         if not isinstance(images, list):
-            images = eval_batches(images.subset(torch.randperm(len(images), generator=shuffled)), live_card.mean,
-                                  live_card.std, batch_size=config.batch_size)
+            images = eval_batches(images.subset(torch.randperm(len(images), generator=shuffled)), card.mean,
+                                  card.std, batch_size=config.batch_size)
         print(f"  {source:58s} {accuracy(reestimated_bn(live, images, bf16)):6.2f}", flush=True)
 
 
