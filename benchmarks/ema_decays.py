@@ -40,7 +40,7 @@ from torch import nn
 from reslab.analysis.evaluate import autocast, eval_batches, evaluate
 from reslab.argtypes import increasing_fractions, positive_int, random_seed
 from reslab.checkpoint import load_model, read_checkpoint, save_model
-from reslab.data import BatchLoader, balanced_subset, load_dataset
+from reslab.data import BatchLoader, ImageDataset, balanced_subset, load_dataset
 from reslab.errors import ReslabError
 from reslab.inference.fold import folded_for_evaluation
 from reslab.precision import resolve_precision
@@ -153,26 +153,29 @@ def main() -> None:
           f"{len(test):,} images, {'bf16' if bf16 else 'fp32'}, BN folded; BN statistics re-estimated on "
           f"{len(bn_images):,} training images", flush=True)
     print(f"  {'weights':22s} {'single view':>11s} {'recipe views':>13s}   {'single view, BN re-estimated':>28s}")
-    for name, path in [("live (the run's)", args.out / "model.safetensors"),
-                       *((f"EMA decay {d:g}", ema_file(args.out, d)) for d in args.decays)]:
-        model = load_model(path)[0].to(memory_format=torch.channels_last)
+    def load(path: Path) -> nn.Module:
+        return load_model(path)[0].to(memory_format=torch.channels_last)
+
+    live = load(args.out / "model.safetensors")
+    for name, model in [("live (the run's)", live),
+                        *((f"EMA decay {d:g}", load(ema_file(args.out, d))) for d in args.decays)]:
         print(f"  {name:22s} {accuracy(model):11.2f} {accuracy(model, **views):13.2f}   "
               f"{accuracy(reestimated_bn(model, augmented, bf16)):28.2f}", flush=True)
-        if name.startswith("live"):
-            live = model
     # Which images the statistics come from matters: the network was trained on augmented batches.
     # The subsets are in class order, so they are shuffled (batches of one class would average
     # within-class variances).
     shuffled = torch.Generator().manual_seed(args.seed)
+
+    def shuffled_batches(images: ImageDataset) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(images), generator=shuffled)
+        return eval_batches(images.subset(order), card.mean, card.std, batch_size=config.batch_size)
+
     sources = {"training images with the recipe's augmentation": augmented,
-               "training images as they are": bn_images,
-               "test images (a reference only: it looks at the test set)": test}
+               "training images as they are": shuffled_batches(bn_images),
+               "test images (a reference only: it looks at the test set)": shuffled_batches(test)}
     print(f"live weights, single view, BN statistics re-estimated from {len(bn_images):,} images:")
-    for source, images in sources.items():
-        if not isinstance(images, list):
-            images = eval_batches(images.subset(torch.randperm(len(images), generator=shuffled)), card.mean,
-                                  card.std, batch_size=config.batch_size)
-        print(f"  {source:58s} {accuracy(reestimated_bn(live, images, bf16)):6.2f}", flush=True)
+    for source, batches in sources.items():
+        print(f"  {source:58s} {accuracy(reestimated_bn(live, batches, bf16)):6.2f}", flush=True)
 
 
 if __name__ == "__main__":
