@@ -472,6 +472,29 @@ def test_small_crops_train_then_full_size_and_bad_values_are_refused(tiny_cifar,
     assert not (tmp_path / "b" / "checkpoint.pt").exists()
 
 
+def test_whiten_stem_starts_the_first_convolution_from_the_training_images_and_freeze_stem_keeps_it(tiny_cifar, tmp_path, capsys):
+    from reslab.data import channel_stats, load_dataset
+    from reslab.registry import create_model
+    from reslab.train.whitening import whiten_stem_
+
+    images = load_dataset(str(tiny_cifar), "train")
+    expected = create_model("resnet20")
+    whiten_stem_(expected, images.images, *channel_stats(images))
+    for whiten in (True, False):  # lr 0: the weights the run ends with are the ones it started from
+        train(tiny_config(tiny_cifar, tmp_path / str(whiten), epochs=1, lr=0.0, whiten_stem=whiten))
+        stem = final_weights(tmp_path / str(whiten))["conv1.weight"]
+        assert torch.allclose(stem, expected.conv1.weight, atol=1e-4) == whiten  # eigh on 1 thread or 2
+        assert ("whitened stem: 16 channels" in capsys.readouterr().out) == whiten
+    # --freeze-stem: the whitened stem stays as it started while the rest trains.
+    train(tiny_config(tiny_cifar, tmp_path / "frozen", epochs=1, whiten_stem=True, freeze_stem=True))
+    weights, start = final_weights(tmp_path / "frozen"), final_weights(tmp_path / "True")
+    assert torch.allclose(weights["conv1.weight"], expected.conv1.weight, atol=1e-4)
+    assert not torch.allclose(weights["layer1.0.conv1.weight"], start["layer1.0.conv1.weight"], atol=1e-3)
+    out = capsys.readouterr().out
+    assert "frozen stem: the first convolution (432 weights) is not trained" in out
+    assert "weights: 19 tensors, 267,904 parameters" in out  # conv1's 432 left out of the optimiser
+
+
 def test_compile_is_skipped_for_short_runs_and_without_a_cxx_compiler(monkeypatch):
     model = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), torch.nn.BatchNorm2d(2))
     config = TrainConfig(compile=True, compile_min_iterations=100)

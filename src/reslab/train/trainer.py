@@ -42,6 +42,7 @@ from reslab.train.progress import METRICS_FILE, STEPS_FILE, Progress, RunLog
 from reslab.train.schedules import scale_lr, weighted_depth
 from reslab.train.state import (CHECKPOINT_FILE, CONFIG_FILE, RESULT_FILE, environment, load_training_state,
                                 save_training_state, set_rng_state, write_config, write_json)
+from reslab.train.whitening import first_conv, whiten_stem_
 
 MODEL_FILE, BEST_FILE = "model.safetensors", "best.safetensors"
 RUN_FILES = (CHECKPOINT_FILE, MODEL_FILE, BEST_FILE, CONFIG_FILE, RESULT_FILE, METRICS_FILE, STEPS_FILE)
@@ -100,6 +101,10 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
     _seed_everything(config.seed)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = create_model(config.model, num_classes=len(data["classes"]), **config.model_overrides())
+    whitened = whiten_stem_(model, data["train_images"], data["mean"], data["std"]) \
+        if config.whiten_stem and state is None else 0
+    if config.freeze_stem:
+        first_conv(model).requires_grad_(False)
     model = distributed.wrap(model.to(device, memory_format=memory_format), env, device, sync_bn=config.sync_bn)
     raw = unwrap(model)
     card = make_card(config.model, raw, num_classes=len(data["classes"]), overrides=config.model_overrides(),
@@ -155,6 +160,10 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
         first = "epoch 1" if small_epochs == 1 else f"epochs 1-{small_epochs}"
         rest = ", the rest on full-size images" if small_epochs < total_epochs else " (every epoch; evaluation sees whole images)"
         show.message(f"small crops: {first} train on random {config.small_crop}x{config.small_crop} crops{rest}")
+    if whitened:
+        show.message(f"whitened stem: {whitened} channels of the first convolution start as patch-whitening filters")
+    if config.freeze_stem:
+        show.message(f"frozen stem: the first convolution ({first_conv(raw).weight.numel():,} weights) is not trained")
     if ema is not None:
         show.message(f"evaluating an EMA of the weights (decay {config.ema_decay} per step; BN statistics averaged too)")
     if state is not None:
@@ -569,7 +578,7 @@ def _load_data(config: TrainConfig, env: DistributedEnv, device: torch.device) -
     sizes = ", ".join(f"{len(s):,} {name}" for name, s in sets.items())
     summary = (f"data: {sizes} images from {config.data}, {train_set.num_classes} classes; "
                f"mean {tuple(round(m, 4) for m in mean)} std {tuple(round(s, 4) for s in std)}")
-    return {**loaders, "classes": train_set.classes, "mean": mean, "std": std,
+    return {**loaders, "train_images": sets["train"].images, "classes": train_set.classes, "mean": mean, "std": std,
             "input_size": train_set.image_size[0], "summary": summary}
 
 
