@@ -103,8 +103,7 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
     model = create_model(config.model, num_classes=len(data["classes"]), **config.model_overrides())
     whitened = whiten_stem_(model, data["train_images"], data["mean"], data["std"]) \
         if config.whiten_stem and state is None else 0
-    if config.freeze_stem:
-        first_conv(model).requires_grad_(False)
+    frozen = first_conv(model).requires_grad_(False).weight.numel() if config.freeze_stem else 0
     model = distributed.wrap(model.to(device, memory_format=memory_format), env, device, sync_bn=config.sync_bn)
     raw = unwrap(model)
     card = make_card(config.model, raw, num_classes=len(data["classes"]), overrides=config.model_overrides(),
@@ -162,8 +161,8 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
         show.message(f"small crops: {first} train on random {config.small_crop}x{config.small_crop} crops{rest}")
     if whitened:
         show.message(f"whitened stem: {whitened} channels of the first convolution start as patch-whitening filters")
-    if config.freeze_stem:
-        show.message(f"frozen stem: the first convolution ({first_conv(raw).weight.numel():,} weights) is not trained")
+    if frozen:
+        show.message(f"frozen stem: the first convolution ({frozen:,} weights) is not trained")
     if ema is not None:
         show.message(f"evaluating an EMA of the weights (decay {config.ema_decay} per step; BN statistics averaged too)")
     if state is not None:

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reslab.data.augment import normalize
+
 
 def first_conv(model: nn.Module) -> nn.Conv2d:
     """The first ``nn.Conv2d`` in the model's module order: the stem of every reslab model."""
@@ -38,10 +40,10 @@ def patch_covariance(images: Tensor, mean: Sequence[float], std: Sequence[float]
     ``[N, H, W, C]`` images normalised by ``mean``/``std`` (as the loaders do), ``chunk`` images
     at a time (float32 patches, float64 sums)."""
     dimension = images.shape[-1] * kernel_size[0] * kernel_size[1]
-    mean_t, std_t = (torch.as_tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (mean, std))
+    mean_t, std_t = (torch.as_tensor(v, dtype=torch.float32) for v in (mean, std))
     total, outer, count = torch.zeros(dimension, dtype=torch.float64), torch.zeros(dimension, dimension, dtype=torch.float64), 0
     for start in range(0, len(images), chunk):
-        x = (images[start:start + chunk].permute(0, 3, 1, 2).cpu().float() / 255 - mean_t) / std_t
+        x = normalize(images[start:start + chunk].cpu(), mean_t, std_t)
         patches = F.unfold(x, kernel_size).transpose(1, 2).reshape(-1, dimension)  # [n * positions, C * kh * kw]
         total += patches.sum(0, dtype=torch.float64)
         outer += (patches.T @ patches).double()
