@@ -11,7 +11,10 @@ instructions, fp32 on others; see :mod:`reslab.precision`) or the one ``--precis
 - ``--batchnorm``: the compiled step with ``nn.BatchNorm2d`` and with ``reslab train --moment-bn``'s
   ``MomentBatchNorm2d`` (see :mod:`reslab.train.batchnorm`); the ratio of each round, since
   this machine's speed drifts more between rounds than the two differ.
-- ``--profile``: a torch.profiler table of the compiled step (as the trainer runs it).
+- ``--profile``: a torch.profiler table of the compiled step as the fast recipe runs it
+  (``MomentBatchNorm2d``), each fused kernel on its own row, then the step's time split into
+  convolutions, inductor's fused kernels and the rest, and the images/s the convolutions alone
+  would allow.
 
     python benchmarks/train_step.py --repeats 3
     python benchmarks/train_step.py --batchnorm --repeats 8
@@ -48,7 +51,17 @@ if moment:
     use_moment_batch_norm(model)
 step = make_step(model, "train", BenchSetup(precision=precision, channels_last=True), 128, 32,
                  torch.device("cpu"))  # the training step `reslab bench --mode train` times
+if profile:  # one eager step records the size of each batch norm's input, for the bandwidth bound below
+    bn_bytes = []
+    hooks = [m.register_forward_hook(lambda m, args, out: bn_bytes.append(args[0].numel() * args[0].element_size()))
+             for m in step.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    step()
+    for hook in hooks:
+        hook.remove()
 if compiled:
+    if profile:
+        import torch._inductor.config
+        torch._inductor.config.cpp.enable_kernel_profile = True  # each fused kernel its own profiler row
     step.model = torch.compile(step.model)
 for _ in range(10):
     step()
@@ -57,7 +70,29 @@ if profile:
     with profiler() as trace:
         for _ in range(steps):
             step()
-    print(trace.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
+    events = trace.key_averages()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
+    ms = lambda keep: sum(e.self_cpu_time_total for e in events if keep(e.key)) / 1e3 / steps
+    conv_forward, conv_backward = ms(lambda k: k == "aten::mkldnn_convolution"), ms(lambda k: k == "aten::convolution_backward")
+    fused, total = ms(lambda k: "cpp_fused" in k), ms(lambda k: True)
+    print(f"per step of 128 images: {total:.1f} ms; convolutions {conv_forward + conv_backward:.1f} ms (forward "
+          f"{conv_forward:.1f}, backward {conv_backward:.1f}); inductor's fused kernels (batch norm, ReLU, additions) "
+          f"{fused:.1f} ms; the rest {total - conv_forward - conv_backward - fused:.1f} ms")
+    print(f"convolutions alone: at most {128e3 / (conv_forward + conv_backward):.0f} img/s if every other kernel took no time")
+    source = torch.empty(max(bn_bytes), dtype=torch.uint8)  # the largest activation, as the step's kernels see them
+    target = torch.empty_like(source)
+    for _ in range(10):
+        target.copy_(source)
+    start = time.perf_counter()
+    for _ in range(100):
+        target.copy_(source)
+    copy_rate = 2 * source.numel() * 100 / (time.perf_counter() - start)  # bytes read + written per second
+    least = 8 * sum(bn_bytes) / copy_rate * 1e3
+    print(f"batch norm moves at least {8 * sum(bn_bytes) / 1e6:.0f} MB per step ({len(bn_bytes)} layers; each input read "
+          f"twice and its output written once forward, two tensors read twice and one written backward), "
+          f"{least:.1f} ms at this machine's copy rate of {copy_rate / 1e9:.1f} GB/s: the fused kernels take "
+          f"{fused / least:.1f}x that; with them at that rate the step would run at most "
+          f"{128e3 / (total - fused + least):.0f} img/s")
     sys.exit()
 faults, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
 for _ in range(steps):
@@ -107,7 +142,7 @@ def main() -> None:
     args = parser.parse_args()
     precision = resolve_precision(args.precision, torch.device("cpu"))[0]
     if args.profile:
-        print(run_step(True, True, args.steps, precision, profile=True))
+        print(run_step(True, True, args.steps, precision, profile=True, moment=True))
         return
     if args.batchnorm:
         compare_batchnorm(args.steps, args.repeats, precision)
