@@ -328,9 +328,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     #   (`python benchmarks/throughput.py --fast-batch-sizes 128,256,512`), so the small batch
     #   buys more steps for free; lr 0.15, reached by a linear warm-up over the first 15% of the
     #   run (from 0.015) that keeps the early large steps stable, then a straight line down to 0.
-    #   A peak of 0.2 instead (fp32 on the Ice Lake Xeon), seed 0 -> 91.24 / 90.24 (flips + shifts /
-    #   single view) against 91.76 / 90.33 at 0.15, its training error behind by 0.3-1.0 points
-    #   in every epoch from the fourth on.
+    #   Other peaks (fp32 on the Ice Lake Xeon), seed 0 -> 0.1: 91.39 / 90.34 (flips + shifts /
+    #   single view), 0.2: 91.24 / 90.24, against 91.76 / 90.33 at 0.15: level single view,
+    #   0.37 and 0.52 points behind with the views.
     # - Nesterov and wd 5e-4 on conv/linear weights only (decaying BN scales and biases only
     #   shrinks them): the usual short-schedule choices.
     # - label smoothing 0.1, against none and airbench's 0.2 (fp32 on the Ice Lake Xeon, flips +
