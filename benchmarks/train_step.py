@@ -13,8 +13,10 @@ instructions, fp32 on others; see :mod:`reslab.precision`) or the one ``--precis
   this machine's speed drifts more between rounds than the two differ.
 - ``--profile``: a torch.profiler table of the compiled step as the fast recipe runs it
   (``MomentBatchNorm2d``), each fused kernel on its own row, then the step's time split into
-  convolutions, inductor's fused kernels and the rest, and the images/s the convolutions alone
-  would allow.
+  convolutions, inductor's fused kernels and the rest; the images/s the convolutions alone
+  would allow; and the fused kernels' time against the least memory traffic of batch norm
+  (input read twice and output written once forward; two tensors read twice and one written
+  backward) at this machine's copy rate.
 
     python benchmarks/train_step.py --repeats 3
     python benchmarks/train_step.py --batchnorm --repeats 8
@@ -72,7 +74,8 @@ if profile:
             step()
     events = trace.key_averages()
     print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
-    ms = lambda keep: sum(e.self_cpu_time_total for e in events if keep(e.key)) / 1e3 / steps
+    def ms(keep):  # milliseconds per step in the profiler rows whose names `keep` accepts
+        return sum(e.self_cpu_time_total for e in events if keep(e.key)) / 1e3 / steps
     conv_forward, conv_backward = ms(lambda k: k == "aten::mkldnn_convolution"), ms(lambda k: k == "aten::convolution_backward")
     fused, total = ms(lambda k: "cpp_fused" in k), ms(lambda k: True)
     print(f"per step of 128 images: {total:.1f} ms; convolutions {conv_forward + conv_backward:.1f} ms (forward "
