@@ -90,8 +90,9 @@ if profile:
     for _ in range(100):
         target.copy_(source)
     copy_rate = 2 * source.numel() * 100 / (time.perf_counter() - start)  # bytes read + written per second
-    least = 8 * sum(bn_bytes) / copy_rate * 1e3
-    print(f"batch norm moves at least {8 * sum(bn_bytes) / 1e6:.0f} MB per step ({len(bn_bytes)} layers; each input read "
+    least_bytes = 8 * sum(bn_bytes)
+    least = least_bytes / copy_rate * 1e3
+    print(f"batch norm moves at least {least_bytes / 1e6:.0f} MB per step ({len(bn_bytes)} layers; each input read "
           f"twice and its output written once forward, two tensors read twice and one written backward), "
           f"{least:.1f} ms at this machine's copy rate of {copy_rate / 1e9:.1f} GB/s: the fused kernels take "
           f"{fused / least:.1f}x that; with them at that rate the step would run at most "

@@ -64,8 +64,9 @@ def patch_whitening_filters(covariance: Tensor, pairs: int, *, eps: float = 5e-4
 @torch.no_grad()
 def whiten_stem_(model: nn.Module, images: Tensor, mean: Sequence[float], std: Sequence[float], *,
                  eps: float = 5e-4, sample: int = 5000) -> int:
-    """Set the first convolution of ``model`` to patch-whitening filters of ``sample`` of the
-    ``images``, evenly spaced (uint8 ``[N, H, W, C]``, normalised by ``mean``/``std``), and zero its
+    """Set the first convolution of ``model`` to patch-whitening filters of every k-th of the
+    ``images``, k = ``len(images) // sample`` (at least 1; so ``sample`` to ``2 * sample - 1`` of them,
+    or all where fewer), uint8 ``[N, H, W, C]`` normalised by ``mean``/``std``, and zero its
     bias if it has one. Returns how many output channels were set: all of them, or, where the
     stem has more than twice its patch dimension (or an odd number), the first even number up
     to that; the rest keep their initialisation."""
