@@ -11,6 +11,10 @@ instructions, fp32 on others; see :mod:`reslab.precision`) or the one ``--precis
 - ``--batchnorm``: the compiled step with ``nn.BatchNorm2d`` and with ``reslab train --moment-bn``'s
   ``MomentBatchNorm2d`` (see :mod:`reslab.train.batchnorm`); the ratio of each round, since
   this machine's speed drifts more between rounds than the two differ.
+- ``--inductor NAME=VALUE``: the compiled step as the fast recipe runs it (``MomentBatchNorm2d``)
+  with inductor's defaults and with one of its settings changed (``torch._inductor.config``,
+  e.g. ``cpp_wrapper=True``: the step's wrapper in C++ instead of Python); ratios per round, as
+  ``--batchnorm``.
 - ``--profile``: a torch.profiler table of the compiled step as the fast recipe runs it
   (``MomentBatchNorm2d``), each fused kernel on its own row, then the step's time split into
   convolutions, inductor's fused kernels and the rest; the images/s the convolutions alone
@@ -20,12 +24,14 @@ instructions, fp32 on others; see :mod:`reslab.precision`) or the one ``--precis
 
     python benchmarks/train_step.py --repeats 3
     python benchmarks/train_step.py --batchnorm --repeats 8
+    python benchmarks/train_step.py --inductor cpp_wrapper=True --repeats 8
     python benchmarks/train_step.py --profile
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import subprocess
@@ -45,6 +51,7 @@ from reslab.train.batchnorm import use_moment_batch_norm
 keep, compiled, steps, profile, moment = (sys.argv[1] == "1", sys.argv[2] == "1", int(sys.argv[3]), sys.argv[4] == "1",
                                           sys.argv[5] == "1")
 precision = sys.argv[6]
+inductor = json.loads(sys.argv[7])  # settings of torch._inductor.config, {"cpp.threads": 2} style
 if keep:
     keep_freed_memory()
 torch.manual_seed(0)
@@ -61,9 +68,15 @@ if profile:  # one eager step records the size of each batch norm's input, for t
     for hook in hooks:
         hook.remove()
 if compiled:
+    import torch._inductor.config
     if profile:
-        import torch._inductor.config
-        torch._inductor.config.cpp.enable_kernel_profile = True  # each fused kernel its own profiler row
+        inductor["cpp.enable_kernel_profile"] = True  # each fused kernel its own profiler row
+    for name, value in inductor.items():
+        *groups, leaf = name.split(".")
+        config = torch._inductor.config
+        for group in groups:
+            config = getattr(config, group)
+        setattr(config, leaf, value)
     step.model = torch.compile(step.model)
 for _ in range(10):
     step()
@@ -107,30 +120,54 @@ print(json.dumps({"img_per_s": steps * 128 / seconds,
 """
 
 
-def run_step(keep: bool, compiled: bool, steps: int, precision: str, profile: bool = False, moment: bool = False) -> str:
+def run_step(keep: bool, compiled: bool, steps: int, precision: str, profile: bool = False, moment: bool = False,
+             inductor: dict | None = None) -> str:
     flags = [str(int(flag)) for flag in (keep, compiled)] + [str(steps)] + [str(int(flag)) for flag in (profile, moment)]
-    return subprocess.run([sys.executable, "-c", STEP, *flags, precision], check=True, capture_output=True,
-                          text=True).stdout
+    return subprocess.run([sys.executable, "-c", STEP, *flags, precision, json.dumps(inductor or {})], check=True,
+                          capture_output=True, text=True).stdout
 
 
-def measure(keep: bool, compiled: bool, steps: int, precision: str, moment: bool = False) -> dict:
-    return json.loads(run_step(keep, compiled, steps, precision, moment=moment).strip().splitlines()[-1])
+def measure(keep: bool, compiled: bool, steps: int, precision: str, moment: bool = False,
+            inductor: dict | None = None) -> dict:
+    return json.loads(run_step(keep, compiled, steps, precision, moment=moment, inductor=inductor).strip().splitlines()[-1])
 
 
-def compare_batchnorm(steps: int, repeats: int, precision: str) -> None:
-    """Compiled step with nn.BatchNorm2d vs MomentBatchNorm2d, both with keep_freed_memory()."""
+def compare(title: str, settings: dict[str, dict], steps: int, repeats: int, precision: str) -> None:
+    """The compiled step (with keep_freed_memory()) in two settings, each a dict of ``measure``'s
+    keywords, in fresh processes taking turns; the second's speed-up over the first per round."""
+    (base, base_kwargs), (other, other_kwargs) = settings.items()
     rounds = []
     for _ in range(repeats):
-        rounds.append({moment: measure(True, True, steps, precision, moment)["img_per_s"] for moment in (False, True)})
-    ratios = sorted(r[True] / r[False] for r in rounds)
+        rounds.append({name: measure(True, True, steps, precision, **kwargs)["img_per_s"]
+                       for name, kwargs in ((base, base_kwargs), (other, other_kwargs))})
+    ratios = sorted(r[other] / r[base] for r in rounds)
     middle = len(rounds) // 2
-    print(f"ResNet-20 compiled training step, {precision} channels_last, batch 128, {os.cpu_count()} cores; "
-          f"{repeats} rounds of {steps} steps, each round both layers in fresh processes")
-    for name, moment in (("nn.BatchNorm2d", False), ("MomentBatchNorm2d", True)):
-        speeds = sorted(r[moment] for r in rounds)
-        print(f"  {name:18s} median {speeds[middle]:5.0f} img/s  (range {speeds[0]:.0f}-{speeds[-1]:.0f})")
+    print(f"ResNet-20 compiled training step, {precision} channels_last, batch 128, {os.cpu_count()} cores, {title}; "
+          f"{repeats} rounds of {steps} steps, each round both settings in fresh processes")
+    for name in (base, other):
+        speeds = sorted(r[name] for r in rounds)
+        print(f"  {name:24s} median {speeds[middle]:5.0f} img/s  (range {speeds[0]:.0f}-{speeds[-1]:.0f})")
     print(f"  speed-up per round: median {ratios[middle]:.2f}x, range {ratios[0]:.2f}-{ratios[-1]:.2f}x "
           f"({sum(r > 1 for r in ratios)} of {repeats} rounds faster)")
+
+
+def inductor_setting(text: str) -> dict:
+    """``NAME=VALUE`` -> {NAME: VALUE} for a setting that torch._inductor.config has; VALUE a Python literal."""
+    import torch._inductor.config
+
+    name, equals, value = text.partition("=")
+    if not equals:
+        raise argparse.ArgumentTypeError(f"give NAME=VALUE, e.g. cpp_wrapper=True; got {text!r}")
+    config = torch._inductor.config
+    for part in name.split("."):
+        if not hasattr(config, part):
+            raise argparse.ArgumentTypeError(f"torch._inductor.config has no setting {name!r}")
+        config = getattr(config, part)
+    try:
+        return {name: ast.literal_eval(value)}
+    except (ValueError, SyntaxError):
+        raise argparse.ArgumentTypeError(f"the value of {name} must be a Python literal (True, 512, 'avx512'), "
+                                         f"got {value!r}") from None
 
 
 def main() -> None:
@@ -141,6 +178,9 @@ def main() -> None:
                         help="instead, print a torch.profiler table of the compiled step as the trainer runs it")
     parser.add_argument("--batchnorm", action="store_true",
                         help="instead, compare the compiled step with nn.BatchNorm2d and with MomentBatchNorm2d")
+    parser.add_argument("--inductor", type=inductor_setting, metavar="NAME=VALUE",
+                        help="instead, compare the compiled step with inductor's defaults and with this setting of "
+                             "torch._inductor.config changed, e.g. cpp_wrapper=True")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="the step's precision; auto: what reslab train picks on this CPU")
     args = parser.parse_args()
@@ -149,7 +189,14 @@ def main() -> None:
         print(run_step(True, True, args.steps, precision, profile=True, moment=True))
         return
     if args.batchnorm:
-        compare_batchnorm(args.steps, args.repeats, precision)
+        compare("batch norm layers", {"nn.BatchNorm2d": {}, "MomentBatchNorm2d": {"moment": True}},
+                args.steps, args.repeats, precision)
+        return
+    if args.inductor:
+        (name, value), = args.inductor.items()
+        compare("MomentBatchNorm2d", {"inductor's defaults": {"moment": True},
+                                      f"{name}={value!r}": {"moment": True, "inductor": args.inductor}},
+                args.steps, args.repeats, precision)
         return
     settings = [(compiled, keep) for compiled in (False, True) for keep in (False, True)]
     results: dict[tuple, list[dict]] = {s: [] for s in settings}
