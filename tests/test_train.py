@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reslab import load_model, precision, read_checkpoint
+from reslab import create_model, load_model, precision, read_checkpoint
 from reslab.cli import main
 from reslab.errors import ReslabError, TrainingError
 from reslab.train import TrainConfig, TrainingInterrupted, train, trainer
@@ -156,7 +156,6 @@ def test_checkpoint_and_model_files_load_safely(small_run):
 
 
 def test_parameter_groups_exclude_bn_and_biases_only_when_asked():
-    from reslab import create_model
 
     model = create_model("resnet20")
     split = parameter_groups(model, 5e-4, decay_norm_and_bias=False)
@@ -400,7 +399,6 @@ class Untraceable(torch.nn.Module):
 def test_evaluation_runs_a_bn_folded_copy_with_the_same_results(moment_bn):
     from contextlib import nullcontext
 
-    from reslab import create_model
     from reslab.train.batchnorm import MomentBatchNorm2d, use_moment_batch_norm
     from reslab.train.distributed import DistributedEnv
 
@@ -470,6 +468,19 @@ def test_small_crops_train_then_full_size_and_bad_values_are_refused(tiny_cifar,
     with pytest.raises(ReslabError, match="--small-crop 40 is larger than the 32x32 images"):
         train(tiny_config(tiny_cifar, tmp_path / "b", small_crop=40, small_crop_part=0.5))
     assert not (tmp_path / "b" / "checkpoint.pt").exists()
+
+
+def test_ghost_batch_norm_trains_with_statistics_per_group_and_saves_plain_bn_weights(tiny_cifar, tmp_path, capsys):
+    result = train(tiny_config(tiny_cifar, tmp_path / "run", ghost_batch=8))
+    assert "ghost batch norm: 19 BN layers take their training statistics per group of 8 images" in capsys.readouterr().out
+    assert result["test_error"] < 1.0 and read_config(tmp_path / "run").ghost_batch == 8
+    create_model("resnet20").load_state_dict(read_checkpoint(tmp_path / "run")[0])  # plain BN names
+    with pytest.raises(ValueError, match=r"ghost_batch \(48\) must divide batch_size \(128\)"):
+        TrainConfig(ghost_batch=48)
+    with pytest.raises(ValueError, match="ghost_batch and sync_bn contradict"):
+        TrainConfig(ghost_batch=32, sync_bn=True)
+    with pytest.raises(ValueError, match="ghost_batch must be"):
+        TrainConfig(ghost_batch=-1)
 
 
 def test_whiten_stem_starts_the_first_convolution_from_the_training_images_and_freeze_stem_keeps_it(tiny_cifar, tmp_path, capsys):

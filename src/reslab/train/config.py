@@ -89,6 +89,8 @@ class TrainConfig:
     mixup: float = field(default=0.0, metadata=_help("mixup alpha (Zhang et al. 2018); 0 = off"))
     cutmix: float = field(default=0.0, metadata=_help("CutMix alpha (Yun et al. 2019); 0 = off; with --mixup, one of the two per batch"))
     ema_decay: float = field(default=0.0, metadata=_help("exponential moving average of the weights, decay per step; 0 = off"))
+    ghost_batch: int = field(default=0, metadata=_help(
+        "ghost batch norm (Hoffer et al. 2017): BN statistics per group of this many images of a batch; 0 = off"))
     tta_flip: bool = field(default=False, metadata=_help("evaluate on each image and its mirror image, averaging the logits"))
     tta_translate: int = field(default=0, metadata=_help(
         "also evaluate each view shifted this many pixels up-left and down-right; the shifted views weigh half (airbench)"))
@@ -156,6 +158,12 @@ class TrainConfig:
             raise ValueError(f"milestones are increasing fractions of the run in (0, 1), e.g. 0.5,0.75; got {list(self.milestones)}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("Nesterov momentum needs a momentum above 0")
+        if self.ghost_batch and self.batch_size % self.ghost_batch:
+            raise ValueError(f"ghost_batch ({self.ghost_batch}) must divide batch_size ({self.batch_size}), "
+                             "e.g. --ghost-batch 32 with --batch-size 128")
+        if self.ghost_batch and self.sync_bn:
+            raise ValueError("ghost_batch and sync_bn contradict each other (statistics of a few images against "
+                             "statistics over every process): give one of them")
         if bool(self.small_crop) != bool(self.small_crop_part):
             raise ValueError(f"small_crop ({self.small_crop}) and small_crop_part ({self.small_crop_part}) go "
                              "together: give both (e.g. --small-crop 24 --small-crop-part 0.5) or neither")
@@ -230,6 +238,7 @@ FIELD_RANGES = {
     "warmup_start": fraction, "final_lr": fraction, "momentum_low": fraction, "low_lr": positive_float,
     "low_lr_until_error": fraction, "low_lr_max_iterations": positive_int, "low_lr_min_depth": nonnegative_int,
     "label_smoothing": fraction, "mixup": nonnegative_float, "cutmix": nonnegative_float, "ema_decay": fraction,
+    "ghost_batch": nonnegative_int,
     "tta_translate": nonnegative_int, "compile_min_iterations": nonnegative_int,
     "val": nonnegative_int, "train_subset": nonnegative_int, "crop_padding": nonnegative_int, "cutout": nonnegative_int,
     "small_crop": nonnegative_int, "small_crop_part": fraction,

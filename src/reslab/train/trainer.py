@@ -33,7 +33,7 @@ from reslab.errors import DataError, ReslabError, TrainingError
 from reslab.inference.fold import folded_for_evaluation
 from reslab.precision import resolve_precision
 from reslab.train import distributed
-from reslab.train.batchnorm import use_moment_batch_norm
+from reslab.train.batchnorm import use_ghost_batch_norm, use_moment_batch_norm
 from reslab.train.config import TrainConfig
 from reslab.train.distributed import DistributedEnv
 from reslab.train.extras import ModelEma, check_tta_translate, mix_batch, mixed_loss, tta_logits
@@ -104,6 +104,7 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
     whitened = whiten_stem_(model, data["train_images"], data["mean"], data["std"]) \
         if config.whiten_stem and state is None else 0
     frozen = first_conv(model).requires_grad_(False).weight.numel() if config.freeze_stem else 0
+    ghost_layers = use_ghost_batch_norm(model, config.ghost_batch) if config.ghost_batch else 0
     model = distributed.wrap(model.to(device, memory_format=memory_format), env, device, sync_bn=config.sync_bn)
     raw = unwrap(model)
     card = make_card(config.model, raw, num_classes=len(data["classes"]), overrides=config.model_overrides(),
@@ -163,6 +164,9 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
         show.message(f"whitened stem: {whitened} channels of the first convolution start as patch-whitening filters")
     if frozen:
         show.message(f"frozen stem: the first convolution ({frozen:,} weights) is not trained")
+    if ghost_layers:
+        show.message(f"ghost batch norm: {ghost_layers} BN layers take their training statistics per group of "
+                     f"{config.ghost_batch} images")
     if ema is not None:
         show.message(f"evaluating an EMA of the weights (decay {config.ema_decay} per step; BN statistics averaged too)")
     if state is not None:
