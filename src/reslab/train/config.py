@@ -359,8 +359,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     #   airbench keeps it (--freeze-stem), seed 0 -> 90.90 (90.10): its 16 filters pass only 8 of
     #   the 27 components of a 3x3 patch.
     # - no ghost batch norm (fp32 on the Ice Lake Xeon): BN statistics per group of 32 images
-    #   (--ghost-batch 32), seed 0 -> 91.66 (single view 90.45) against 91.76 (90.33) with the
-    #   whole batch's, and 0.56 points more training error at the end: no gain.
+    #   (--ghost-batch 32), seeds 0/1 -> 91.66 / 91.50 (single view 90.45 / 90.46) against
+    #   91.76 / 91.46 (90.33 / 90.63) with the whole batch's: 91.58 against 91.61 on average,
+    #   with 0.56 / 0.81 points more training error at the end: no gain.
     # - test-time augmentation by flips and 1-pixel shifts (airbench's): +1.2 points on the
     #   25-epoch model for 15-20 s per evaluation; so the test set is evaluated at the end only
     #   (`eval_interval=0`: the mid-run evaluation cost 11 s of a 20-minute budget; `--eval-interval 12`
