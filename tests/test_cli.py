@@ -1,5 +1,6 @@
 """The command line frame: help on every subcommand, one-line errors, the models table."""
 
+import re
 import subprocess
 import sys
 
@@ -58,6 +59,26 @@ def test_user_error_is_one_line_with_status_1():
 def test_bad_choice_is_a_usage_error_with_status_2():
     result = run_cli("models", "--format", "xml")
     assert result.returncode == 2 and "invalid choice" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("argv", [("train", "resnet20", "--epochs", "-1"), ("trian",), ()])
+def test_usage_error_is_one_line_that_points_to_help(capsys, argv):
+    with pytest.raises(SystemExit) as stopped:
+        main(list(argv))
+    err = capsys.readouterr().err
+    command = "reslab train" if argv[:1] == ("train",) else "reslab"
+    assert stopped.value.code == 2
+    assert err.count("\n") == 1 and err.startswith(f"{command}: error: "), err
+    assert err.rstrip().endswith(f"(`{command} --help` lists the options)"), err
+
+
+def test_help_does_not_show_empty_or_repeated_defaults(capsys):
+    for name in COMMANDS:
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+        assert "(default: None)" not in text, name
+        assert not re.search(r"\(default: [^)]*\) \(default: ", text), name  # "(default: fast) (default: None)"
 
 
 @pytest.mark.parametrize("error, one_line", [

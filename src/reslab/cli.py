@@ -1,7 +1,8 @@
 """The ``reslab`` command line: one subcommand per module of :mod:`reslab.commands`.
 
 Errors in the user's input print as one line (``reslab CMD: error: ...``) with exit status 1;
-bad flag values are argparse's usage errors, exit status 2. ``RESLAB_DEBUG=1`` shows tracebacks.
+bad flag values are argparse's usage errors, also one line, exit status 2. ``RESLAB_DEBUG=1``
+shows tracebacks.
 """
 
 from __future__ import annotations
@@ -34,16 +35,31 @@ COMMANDS: dict[str, str] = {
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults and keeps the paragraphs of descriptions."""
+    """Shows defaults and keeps the paragraphs of descriptions; a default of None (nothing
+    given) or one that the help text already states is not repeated."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line that ends with a pointer to ``--help``, not the whole usage
+    (``reslab train``'s alone is 35 lines that push the message off a small screen)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="reslab", formatter_class=_Formatter,
         description="Residual networks: a model zoo, a fast CIFAR trainer and the experiments that explain them.\n"
                     "Run `reslab COMMAND --help` for a command's options.")
     parser.add_argument("--version", action="version", version=f"reslab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         summary = module.HELP.strip().split("\n")[0]

@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if f.name in SPECIAL_FIELDS:
             continue
         flag = flag_name(f.name)
-        text = f"{f.metadata['help']} [fast: {getattr(fast, f.name)}]"
+        value = getattr(fast, f.name)
+        text = f"{f.metadata['help']}" + (f" [fast: {value}]" if value != "" else " (required, unless --resume)")
         kind = types[f.name]
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
