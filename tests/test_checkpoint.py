@@ -108,6 +108,14 @@ def test_pickle_disguised_as_safetensors_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("name, content", [("config.json", b'{"config": {}}'), ("notes.txt", b"weights"), ("empty.pt", b"")])
+def test_a_file_of_neither_format_is_named_as_not_a_model_file(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"is not a model file \(neither safetensors nor a torch checkpoint\)"):
+        read_checkpoint(path)
+
+
 def test_checkpoint_of_another_architecture_names_missing_and_unexpected_keys(tmp_path):
     source = create_model("resnet20", shortcut="B").state_dict()  # 3 blocks per stage, projections
     with pytest.raises(CheckpointError) as info:

@@ -61,7 +61,8 @@ def test_bad_choice_is_a_usage_error_with_status_2():
     assert result.returncode == 2 and "invalid choice" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("argv", [("train", "resnet20", "--epochs", "-1"), ("trian",), ()])
+@pytest.mark.parametrize("argv", [("train", "resnet20", "--epochs", "-1"), ("train", "resnet20", "--blocks", "9"),
+                                  ("trian",), ()])
 def test_usage_error_is_one_line_that_points_to_help(capsys, argv):
     with pytest.raises(SystemExit) as stopped:
         main(list(argv))

@@ -209,7 +209,13 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], Optional[ModelCa
 
 def load_torch_file(path: PathLike) -> Any:
     """``torch.load(weights_only=True)`` on the CPU: tensors and plain containers only. A file
-    holding other pickled objects (which could run code) is refused with a CheckpointError."""
+    holding other pickled objects (which could run code) is refused with a CheckpointError, and
+    a file that is neither of torch's formats (a zip archive, or a pickle) is named as such."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        raise CheckpointError(f"{path} is not a model file (neither safetensors nor a torch checkpoint); pass a "
+                              ".safetensors or .pt file, or a run folder written by `reslab train`")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated or foreign files raise many kinds (EOFError, KeyError, RuntimeError...)

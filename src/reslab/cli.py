@@ -49,6 +49,8 @@ class _Parser(argparse.ArgumentParser):
     """A usage error is one line that ends with a pointer to ``--help``, not the whole usage
     (``reslab train``'s alone is 35 lines that push the message off a small screen)."""
 
+    subcommands: dict[str, argparse.ArgumentParser] = {}
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
 
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Run `reslab COMMAND --help` for a command's options.")
     parser.add_argument("--version", action="version", version=f"reslab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    parser.subcommands = sub.choices  # name -> its parser, for parse_arguments
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         summary = module.HELP.strip().split("\n")[0]
@@ -69,9 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_arguments(parser: _Parser, argv: Optional[list[str]]) -> argparse.Namespace:
+    """``parser.parse_args``, except that flags no subcommand knows are reported by that
+    subcommand (``reslab lesion: error: unrecognized arguments: ...``), not by ``reslab``."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(build_parser(), argv)
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
