@@ -35,10 +35,12 @@ import kill_resume  # noqa: E402  (the SIGKILL harness: its training flags, tria
 
 
 def one_line_error(stderr: str, command: str) -> str:
-    """The error line of a failed command; fails unless it is the only line and no traceback.
-    (Progress bars redraw their line after a carriage return: a line shows what follows the last.)"""
+    """The error line of a failed command; fails unless it is the only line besides the data
+    decoder's progress (printed when the data cache is cold, as when a test runs alone) and no
+    traceback. (Progress bars redraw their line after a carriage return: a line shows what
+    follows the last.)"""
     lines = [line.rsplit("\r", 1)[-1] for line in stderr.split("\n")]
-    lines = [line for line in lines if line.strip()]
+    lines = [line for line in lines if line.strip() and not line.startswith("decoding ")]
     assert "Traceback" not in stderr, stderr
     assert len(lines) == 1 and lines[0].startswith(f"reslab {command}: error: "), stderr
     return lines[0]
