@@ -58,7 +58,8 @@ def assert_usage_error(capsys, command: str, action: argparse.Action, text: str)
     assert stopped.value.code == 2, (command, option_name(action), text, err)
     assert "Traceback" not in err
     named = "/".join(action.option_strings)  # how argparse names an option in its messages
-    assert err.strip().splitlines()[-1].startswith(f"reslab {command}: error: argument {named}: "), err
+    assert len(err.strip().splitlines()) == 1, err  # not argparse's whole usage first
+    assert err.startswith(f"reslab {command}: error: argument {named}: "), err
 
 
 @pytest.fixture(autouse=True)
