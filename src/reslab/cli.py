@@ -55,7 +55,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> "_Parser":
     parser = _Parser(
         prog="reslab", formatter_class=_Formatter,
         description="Residual networks: a model zoo, a fast CIFAR trainer and the experiments that explain them.\n"
