@@ -342,7 +342,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     #   0.37 and 0.52 points behind with the views.
     # - Nesterov and wd 5e-4 on conv/linear weights only (decaying BN scales and biases only
     #   shrinks them): the usual short-schedule choices. wd 2.5e-4 instead (fp32 on the Ice Lake
-    #   Xeon), seed 0 -> 91.51 / 90.20 (flips + shifts / single view) against 91.76 / 90.33.
+    #   Xeon), seed 0 -> 91.51 / 90.20 (flips + shifts / single view) against 91.76 / 90.33; wd
+    #   1e-3 -> 91.11 / 90.28, with 1.1-2.8 points more training error from the fourth epoch on.
     # - label smoothing 0.1, against none and airbench's 0.2 (fp32 on the Ice Lake Xeon, flips +
     #   shifts / single view): seed 0 -> 91.53 / 90.42 without, 91.76 / 90.33 with 0.1, 91.32 /
     #   90.02 with 0.2; seed 1 -> 91.52 / 90.46 without, 91.46 / 90.63 with 0.1. 0.1 and none are
