@@ -339,7 +339,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     #   run (from 0.015) that keeps the early large steps stable, then a straight line down to 0.
     #   Other peaks (fp32 on the Ice Lake Xeon), seed 0 -> 0.1: 91.39 / 90.34 (flips + shifts /
     #   single view), 0.2: 91.24 / 90.24, against 91.76 / 90.33 at 0.15: level single view,
-    #   0.37 and 0.52 points behind with the views.
+    #   0.37 and 0.52 points behind with the views. Batch 64 (lr 0.075, fp32 on the Ice Lake
+    #   Xeon), seed 0 -> 91.67 / 90.68 against 91.76 / 90.33, its epochs 8-36% slower.
     # - Nesterov and wd 5e-4 on conv/linear weights only (decaying BN scales and biases only
     #   shrinks them): the usual short-schedule choices. wd 2.5e-4 instead (fp32 on the Ice Lake
     #   Xeon), seed 0 -> 91.51 / 90.20 (flips + shifts / single view) against 91.76 / 90.33; wd
