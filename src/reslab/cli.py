@@ -49,13 +49,13 @@ class _Parser(argparse.ArgumentParser):
     """A usage error is one line that ends with a pointer to ``--help``, not the whole usage
     (``reslab train``'s alone is 35 lines that push the message off a small screen)."""
 
-    subcommands: dict[str, argparse.ArgumentParser] = {}
+    subcommands: dict[str, argparse.ArgumentParser]  # set on the top-level parser by build_parser
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
 
 
-def build_parser() -> "_Parser":
+def build_parser() -> _Parser:
     parser = _Parser(
         prog="reslab", formatter_class=_Formatter,
         description="Residual networks: a model zoo, a fast CIFAR trainer and the experiments that explain them.\n"

@@ -30,6 +30,7 @@ from reslab.argtypes import increasing_fractions, int_list, key_value
 RESUME_FLAGS = ("threads", "progress", "tensorboard", "log_interval")
 # Config fields with their own arguments (or none).
 SPECIAL_FIELDS = ("model", "recipe", "model_args")
+REQUIRED_FIELDS = ("data", "out")  # no recipe has a value for them; only --resume does without
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if f.name in SPECIAL_FIELDS:
             continue
         flag = flag_name(f.name)
-        value = getattr(fast, f.name)
-        text = f"{f.metadata['help']}" + (f" [fast: {value}]" if value != "" else " (required, unless --resume)")
+        text = f"{f.metadata['help']} " + ("(required, unless --resume)" if f.name in REQUIRED_FIELDS
+                                           else f"[fast: {getattr(fast, f.name)}]")
         kind = types[f.name]
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             return _report(train(replace(read_config(out), **given), resume=True))
         if not args.model:
             raise ValueError("give the MODEL to train (e.g. resnet20; `reslab models` lists them), or --resume DIR")
-        for required in ("data", "out"):
+        for required in REQUIRED_FIELDS:
             if required not in given:
                 raise ValueError(f"--{required} is required (see `reslab train --help`)")
         config = TrainConfig.from_recipe(args.recipe or "fast", model=args.model, model_args=dict(args.model_arg), **given)
