@@ -1,0 +1,70 @@
+"""Compare finished `reslab train` runs epoch by epoch: time per phase and training error.
+
+For each run folder: how many epochs trained on small crops (``small_crop_part`` x ``epochs``
+from its ``config.json``), the mean epoch time of that phase and of the full-size one, the
+summed epoch times (training only, without evaluation), the final training error, the final
+test accuracy with the run's test-time views (``result.json``) and single view (``eval/eval.json``,
+written by ``reslab eval RUN --out RUN/eval``, when present), and the training error minus the
+first run's, epoch by epoch. Wall times of runs made hours apart on a machine that drifts are
+best compared through the ratios within each run (small-crop epoch / full-size epoch).
+
+    python benchmarks/compare_runs.py results/fast25_icelake_seed0 results/fast25_icelake_crop16of25_seed0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+
+def read_run(folder: Path) -> dict[str, Any]:
+    """The parts of a finished run folder that the comparison needs."""
+    try:
+        config = json.loads((folder / "config.json").read_text())["config"]
+        metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
+        result = json.loads((folder / "result.json").read_text())
+    except (OSError, KeyError, ValueError) as error:
+        raise SystemExit(f"compare_runs.py: {folder} is not a finished run folder of reslab train ({error})")
+    eval_file = folder / "eval" / "eval.json"
+    single_view: Optional[float] = json.loads(eval_file.read_text())["accuracy_pct"] if eval_file.exists() else None
+    return dict(config=config, metrics=metrics, result=result, single_view=single_view)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def summarise(run: dict[str, Any]) -> dict[str, Any]:
+    """Small-crop epochs, mean epoch seconds per phase, training seconds and the final figures."""
+    config, metrics = run["config"], run["metrics"]
+    small = round((config.get("small_crop_part") or 0.0) * len(metrics))
+    seconds = [m["epoch_seconds"] for m in metrics]
+    return dict(small_epochs=small, small_mean=_mean(seconds[:small]), full_mean=_mean(seconds[small:]),
+                training_seconds=sum(seconds), train_error=100 * metrics[-1]["train_error"],
+                accuracy=100 * run["result"]["test_accuracy"], single_view=run["single_view"])
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders written by reslab train")
+    args = parser.parse_args(argv)
+    runs = [read_run(folder) for folder in args.runs]
+    print("| run | small-crop epochs | mean epoch s, small / full | training s | training error, last epoch "
+          "| accuracy, the run's views | single view |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for folder, run in zip(args.runs, runs):
+        s = summarise(run)
+        single = "" if s["single_view"] is None else f"{s['single_view']:.2f}%"
+        print(f"| {folder} | {s['small_epochs']} | {s['small_mean']:.1f} / {s['full_mean']:.1f} | "
+              f"{s['training_seconds']:.0f} | {s['train_error']:.2f}% | {s['accuracy']:.2f}% | {single} |")
+    first = runs[0]["metrics"]
+    for folder, run in zip(args.runs[1:], runs[1:]):
+        differences = [round(100 * (m["train_error"] - b["train_error"]), 2) for m, b in zip(run["metrics"], first)]
+        print(f"{folder}: training error minus {args.runs[0]}'s, per epoch (points): {differences}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
