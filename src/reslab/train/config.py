@@ -324,9 +324,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     #   32x32 images. Three more epochs than the full-size 22-epoch recipe, in less wall time.
     #   20x20 crops take 0.48-0.58 of a full-size epoch's time but cost accuracy (the 26-epoch
     #   runs above). 16 of the 25 epochs on 24x24 crops (--small-crop-part 0.64; fp32 on the Ice
-    #   Lake Xeon), seeds 0/1 -> 91.39 / 91.70 (single view 90.46 / 90.68) against 91.76 / 91.46
-    #   (90.33 / 90.63): 91.55 against 91.61 on average, not told apart, for about 6% less
-    #   training time; the next thing to time over seven seeds on the AMX Xeon.
+    #   Lake Xeon), seeds 0/1/2 -> 91.39 / 91.70 / 91.24 (single view 90.46 / 90.68 / 90.22)
+    #   against 91.76 / 91.46 for seeds 0/1 of this recipe (90.33 / 90.63): 91.44 on average,
+    #   not told apart from the recipe, for 5-6% less training time; the next thing to time
+    #   over seven seeds on the AMX Xeon.
     # - torch.compile: fuses BN, ReLU and the residual adds into a few C++ loops, 1.15-1.35x
     #   images/s on ResNet-20 here, for half a minute of compiling (skipped in short runs).
     # - moment_bn (BN's batch statistics as two sums, MomentBatchNorm2d): a further 1.07x on
