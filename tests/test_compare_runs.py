@@ -9,17 +9,25 @@ from pathlib import Path
 
 import pytest
 
+from reslab.train.config import TrainConfig
+from reslab.train.state import write_config
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import compare_runs  # noqa: E402
+
+ITERATIONS_PER_EPOCH = 390
 
 
 def fake_run(folder: Path, small_crop_part: float, seconds: list[float], errors: list[float],
              single_view: float | None = None) -> Path:
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"config": {"small_crop_part": small_crop_part}}))
+    config = TrainConfig.from_recipe("fast", model="resnet20", data="data", out=str(folder), epochs=len(seconds),
+                                     small_crop_part=small_crop_part)
+    write_config(folder, config, {})
     (folder / "metrics.jsonl").write_text("".join(
-        json.dumps({"epoch_seconds": s, "train_error": e}) + "\n" for s, e in zip(seconds, errors)))
+        json.dumps({"epoch": i, "iteration": (i + 1) * ITERATIONS_PER_EPOCH, "epoch_seconds": s, "train_error": e}) + "\n"
+        for i, (s, e) in enumerate(zip(seconds, errors))))
     (folder / "result.json").write_text(json.dumps({"test_accuracy": 0.9176}))
     if single_view is not None:
         (folder / "eval").mkdir()
@@ -50,3 +58,10 @@ def test_prints_a_table_and_the_differences_per_epoch(tmp_path: Path, capsys: py
 def test_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="is not a finished run folder of reslab train"):
         compare_runs.main([str(tmp_path)])
+
+
+def test_a_torn_evaluation_file_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "a", 0.5, [10, 20, 30, 50], [0.5, 0.4, 0.2, 0.1], single_view=90.33)
+    (run / "eval" / "eval.json").write_text('{"accuracy_pct": 90.')
+    with pytest.raises(SystemExit, match="is not a finished run folder of reslab train"):
+        compare_runs.main([str(run)])
