@@ -4,10 +4,12 @@ Times a 2048 x 2048 fp32 matmul (about the best rate oneDNN/MKL reach on these c
 3x3 convolutions of ResNet-20's three stages (16 channels at 32x32, 32 at 16x16, 64 at 8x8;
 batch 128), forward and forward + backward, in NCHW and channels_last, and prints each one's
 GFLOP/s. On a CPU without bf16 instructions the fp32 training step is mostly these
-convolutions (``benchmarks/train_step.py --profile``), so their rate bounds the whole step: the
-last line is the images/s ResNet-20's training would reach if its 18 stage convolutions (six of
-each shape; the stem and the classifier left out) ran at the faster layout's rate and nothing
-else took any time.
+convolutions (``benchmarks/train_step.py --profile``), so their rate bounds the whole step. The
+last two lines are the images/s ResNet-20's training would reach if its 18 stage convolutions
+(six of each shape; the stem and the classifier left out) ran at the faster layout's measured
+rate, then at the matmul's rate, and nothing else took any time. The second needs no timing of
+the convolutions, whose rates drift from run to run, only their arithmetic (255 MFLOP per
+training image: 3x the forward's, for the two backward products).
 
     python benchmarks/conv_efficiency.py [--precision fp32|bf16]
 """
@@ -46,7 +48,7 @@ def main() -> None:
     flags = sorted(f for f in cpu_flags() if f in ("avx512f", "avx512_bf16", "amx_bf16"))
     print(f"{args.precision}, {torch.get_num_threads()} threads, CPU flags {', '.join(flags) or 'none of avx512f/bf16/amx'}")
     print(f"matmul 2048 x 2048: {peak:.0f} GFLOP/s")
-    seconds_per_image = 0.0
+    seconds_per_image, training_flops = 0.0, 0.0  # per image
     print(f"{'3x3 conv, batch 128':28s} {'layout':14s} {'forward':>18s} {'forward + backward':>24s}")
     for channels, size in ((16, 32), (32, 16), (64, 8)):
         best = 0.0
@@ -68,7 +70,10 @@ def main() -> None:
                   f"   {both:10.0f} GF/s {both / peak:4.0%}")
             best = max(best, both)
         seconds_per_image += 6 * 3 * flops / 128 / (best * 1e9)
+        training_flops += 6 * 3 * flops / 128
     print(f"ResNet-20 training bound (18 stage convolutions, nothing else): {1 / seconds_per_image:.0f} img/s")
+    print(f"the same convolutions at the matmul rate ({training_flops / 1e6:.0f} MFLOP per training image): "
+          f"{peak * 1e9 / training_flops:.0f} img/s")
 
 
 if __name__ == "__main__":
