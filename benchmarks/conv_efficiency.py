@@ -69,8 +69,9 @@ def main() -> None:
             print(f"{f'{channels} channels at {size}x{size}':28s} {name:14s} {forward:6.0f} GF/s {forward / peak:4.0%}"
                   f"   {both:10.0f} GF/s {both / peak:4.0%}")
             best = max(best, both)
-        seconds_per_image += 6 * 3 * flops / 128 / (best * 1e9)
-        training_flops += 6 * 3 * flops / 128
+        stage_flops = 6 * 3 * flops / 128  # six such convolutions, forward and two backward products, per image
+        seconds_per_image += stage_flops / (best * 1e9)
+        training_flops += stage_flops
     print(f"ResNet-20 training bound (18 stage convolutions, nothing else): {1 / seconds_per_image:.0f} img/s")
     print(f"the same convolutions at the matmul rate ({training_flops / 1e6:.0f} MFLOP per training image): "
           f"{peak * 1e9 / training_flops:.0f} img/s")
