@@ -154,7 +154,7 @@ def main() -> None:
           f"{len(bn_images):,} training images", flush=True)
     print(f"  {'weights':22s} {'single view':>11s} {'recipe views':>13s}   {'single view, BN re-estimated':>28s}")
     def load(path: Path) -> nn.Module:
-        return load_model(path)[0].to(memory_format=torch.channels_last)
+        return load_model(path).to(memory_format=torch.channels_last)
 
     live = load(args.out / "model.safetensors")
     for name, model in [("live (the run's)", live),

@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     args = parser.parse_args()
     bf16 = resolve_precision(args.precision, torch.device("cpu"))[0] == "bf16"
-    model, card = load_model(args.run)
+    model, card = load_model(args.run, with_card=True)
     model = model.to(memory_format=torch.channels_last)
     batches = eval_batches(load_dataset(args.data, "test"), card.mean, card.std, batch_size=500)
     folding = trainer.folded_for_evaluation

@@ -75,7 +75,7 @@ def main() -> None:
     shifts = sorted({(0, 0), *(s for views in VIEW_SETS.values() if views for s in views)})
     table: dict[str, list[tuple[float, float]]] = {name: [] for name in VIEW_SETS}
     for run in args.runs:
-        model, card = load_model(run)
+        model, card = load_model(run, with_card=True)
         model = model.to(memory_format=torch.channels_last)
         batches = eval_batches(test, card.mean, card.std, batch_size=500)
         labels = torch.cat([labels for _, labels in batches])

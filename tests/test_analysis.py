@@ -421,7 +421,7 @@ def test_commands_end_to_end(tiny_cifar, tmp_path, capsys, monkeypatch):
     from reslab import load_model
     from reslab.analysis.evaluate import eval_batches
     from reslab.data import balanced_subset, load_dataset
-    saved, card = load_model(ckpt)
+    saved, card = load_model(ckpt, with_card=True)
     subset = balanced_subset(load_dataset(tiny_cifar, "test"), 10, 0)
     unfolded = evaluate(saved, eval_batches(subset, card.mean, card.std), classes)
     assert table["confusion"] == unfolded.confusion

@@ -59,7 +59,7 @@ class WritesMarker:
 def test_card_carries_name_overrides_classes_normalisation_size_config_versions(tmp_path):
     path = tmp_path / "model.safetensors"
     _, card = save_resnet20(path, shortcut="B")
-    model, loaded = load_model(path)
+    model, loaded = load_model(path, with_card=True)
     assert loaded == card
     assert (loaded.model, loaded.num_classes, loaded.overrides) == ("resnet20", 10, {"shortcut": "B"})
     assert loaded.class_names == CLASSES and loaded.input_size == 32
@@ -73,7 +73,7 @@ def test_card_carries_name_overrides_classes_normalisation_size_config_versions(
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     path = tmp_path / "model.safetensors"
     original, _ = save_resnet20(path)
-    loaded, _ = load_model(tmp_path)  # a run folder resolves to its model.safetensors
+    loaded = load_model(tmp_path)  # a run folder resolves to its model.safetensors
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), original(x))

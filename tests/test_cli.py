@@ -103,3 +103,81 @@ def test_out_of_memory_is_one_line_that_suggests_a_smaller_batch(monkeypatch, ca
     printed = capsys.readouterr().err.strip().splitlines()
     assert len(printed) == 1 and printed[0].startswith("reslab models: error: out of memory")
     assert "--batch-size" in printed[0]
+
+
+# ------------------------------------------------------------------------------------------
+# Where results go: runs/<command>/<name> by default, never over another run's files
+
+
+def test_default_output_folder_is_fresh_under_runs_and_never_reused(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from reslab.commands.options import output_folder
+
+    monkeypatch.chdir(tmp_path)
+    assert output_folder(None, "lesion", "r56") == Path("runs/lesion/r56")
+    Path("runs/lesion/r56").mkdir(parents=True)  # empty: still free
+    assert output_folder(None, "lesion", "r56") == Path("runs/lesion/r56")
+    (tmp_path / "runs/lesion/r56/lesion.json").write_text("{}")
+    assert output_folder(None, "lesion", "r56") == Path("runs/lesion/r56-2")
+    assert output_folder(None, "lesion", "r56", overwrite=True) == Path("runs/lesion/r56")
+    assert output_folder(None, "eval", "a/b c") == Path("runs/eval/a_b_c")
+    # a command that continues its own runs (degradation) takes a folder holding only them
+    (tmp_path / "runs/degradation/paper/resnet20").mkdir(parents=True)
+    assert output_folder(None, "degradation", "paper", continues=("resnet20",)) == Path("runs/degradation/paper")
+
+
+def test_output_folder_refuses_files_and_folders_holding_files(tmp_path):
+    from reslab.commands.options import OutputError, output_file, output_folder
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "lesion.json").write_text("{}")
+    with pytest.raises(OutputError, match=r"already holds files \(lesion.json\); .*--overwrite"):
+        output_folder(taken, "lesion", "x")
+    assert output_folder(taken, "lesion", "x", overwrite=True) == taken
+    assert output_folder(taken, "degradation", "x", continues=("lesion.json",)) == taken
+    with pytest.raises(OutputError, match=r"is a file, not a folder"):
+        output_folder(taken / "lesion.json", "lesion", "x")
+    with pytest.raises(OutputError, match=r"lesion.json is a file, not a folder"):
+        output_folder(taken / "lesion.json" / "sub", "lesion", "x")
+    with pytest.raises(OutputError, match=r"exists; give another file name with --out, or --overwrite"):
+        output_file(taken / "lesion.json")
+    assert output_file(taken / "lesion.json", overwrite=True) == taken / "lesion.json"
+    with pytest.raises(OutputError, match=r"is a folder, not a file"):
+        output_file(taken, overwrite=True)
+
+
+@pytest.mark.parametrize("argv, kind", [
+    (["eval", "CKPT", "--data", "d"], "folder"),
+    (["lesion", "CKPT", "--data", "d"], "folder"),
+    (["paths", "CKPT"], "folder"),
+    (["responses", "CKPT", "CKPT", "--data", "d"], "folder"),
+    (["degradation", "--data", "d"], "folder"),
+    (["sdepth", "--data", "d"], "folder"),
+    (["plot", "RUN"], "file"),
+    (["export", "CKPT", "--format", "torchscript"], "file"),
+    (["report", "RUN"], "file"),
+])
+def test_every_command_that_writes_refuses_to_overwrite_without_overwrite(tmp_path, capsys, argv, kind):
+    """The committed results tree was overwritten by `reslab lesion` run from the repository root:
+    every command now refuses a folder holding files, an existing file, or a path of the wrong
+    kind, in one line, before any work."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "keep.json").write_text('{"experiment": "x"}')
+    (folder / "keep.png").write_bytes(b"png")
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"not read: the output check comes first")
+    argv = [str(ckpt) if a == "CKPT" else str(folder) if a == "RUN" else a for a in argv]
+    targets = [folder] if kind == "folder" else [folder / "keep.json", folder]
+    for out, expected in zip(targets, ("already holds files" if kind == "folder" else "exists;", "is a folder")):
+        capsys.readouterr()
+        assert main([*argv, "--out", str(out)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"reslab {argv[0]}: error: ") and expected in err[0], err
+    file_out = folder / "keep.json"
+    if kind == "folder":  # an existing file given as the output folder
+        assert main([*argv, "--out", str(file_out)]) == 1
+        assert "is a file, not a folder" in capsys.readouterr().err
+    assert (folder / "keep.json").read_text() == '{"experiment": "x"}'

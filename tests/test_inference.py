@@ -371,7 +371,7 @@ def test_torchvision_resnet50_weights_load_strictly(tmp_path, wrapping):
 def test_imported_weights_become_a_reslab_model_file(tmp_path):
     state = numbered_state(RESNET50_SHAPES)
     path = import_weights(state, "resnet50", tmp_path / "resnet50.safetensors", "torchvision")
-    model, card = load_model(path)
+    model, card = load_model(path, with_card=True)
     assert (card.model, card.input_size, card.mean) == ("resnet50", 224, (0.485, 0.456, 0.406))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 

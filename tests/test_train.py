@@ -149,7 +149,7 @@ def test_checkpoint_and_model_files_load_safely(small_run):
     assert {"model", "card", "optimizer", "ema", "progress", "rng", "config"} <= set(state)
     weights, card = read_checkpoint(out / "checkpoint.pt")
     assert card.model == "resnet20" and card.class_names == sorted(p.name for p in (Path(config.data) / "train").iterdir())
-    model, card = load_model(out)  # model.safetensors
+    model, card = load_model(out, with_card=True)  # model.safetensors
     assert card.config["batch_size"] == 64 and len(card.mean) == 3
     assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
     assert (out / "best.safetensors").is_file()

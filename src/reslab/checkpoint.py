@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union, overload
 
 import torch
 from torch import Tensor, nn
@@ -238,8 +238,17 @@ def is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"  # 8-byte header length, then JSON
 
 
-def load_weights(model: nn.Module, state: Mapping[str, Tensor], source: str = "checkpoint") -> nn.Module:
-    """``load_state_dict(strict=True)`` with an error naming missing and unexpected keys."""
+def load_weights(model: nn.Module, state: Union[Mapping[str, Tensor], PathLike], source: Optional[str] = None) -> nn.Module:
+    """``load_state_dict(strict=True)`` with an error naming missing and unexpected keys.
+
+    ``state`` is a state dict, or the path (str or Path) of a checkpoint to read it from
+    (:func:`read_checkpoint`: a safetensors or torch file, or a run folder)."""
+    if isinstance(state, (str, os.PathLike)):
+        source = source or str(state)
+        state = read_checkpoint(state)[0]
+    elif not isinstance(state, Mapping):
+        raise TypeError(f"load_weights takes a state dict or a checkpoint path, not {type(state).__name__}")
+    source = source or "checkpoint"
     own = unwrap(model).state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -255,11 +264,32 @@ def load_weights(model: nn.Module, state: Mapping[str, Tensor], source: str = "c
     return model
 
 
-def load_model(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> tuple[nn.Module, ModelCard]:
-    """Rebuild the model a reslab checkpoint describes and load its weights (eval mode)."""
+@overload
+def load_model(path: PathLike, map_location: Union[str, torch.device] = ..., *,
+               with_card: Literal[False] = ...) -> nn.Module: ...
+@overload
+def load_model(path: PathLike, map_location: Union[str, torch.device] = ..., *,
+               with_card: Literal[True]) -> tuple[nn.Module, ModelCard]: ...
+
+
+def load_model(path: PathLike, map_location: Union[str, torch.device] = "cpu", *,
+               with_card: bool = False) -> Union[nn.Module, tuple[nn.Module, ModelCard]]:
+    """Rebuild the model a reslab checkpoint describes and load its weights (eval mode).
+
+    Returns the model; with ``with_card=True``, ``(model, card)``, the card holding the class
+    names, normalisation, input size and training config (:func:`load_card` reads the card alone).
+    """
     state, card = read_checkpoint(path)
     if card is None:
         raise CheckpointError(f"{path} has weights but no reslab model card; build the model with "
-                              "reslab.create_model(...) and load them with reslab.load_weights(model, reslab.read_checkpoint(path)[0])")
-    model = load_weights(card.build(), state, str(path))
-    return model.to(map_location).eval(), card
+                              "reslab.create_model(...) and load them with reslab.load_weights(model, path)")
+    model = load_weights(card.build(), state, str(path)).to(map_location).eval()
+    return (model, card) if with_card else model
+
+
+def load_card(path: PathLike) -> ModelCard:
+    """The model card of a reslab checkpoint (model file or run folder), without building the model."""
+    card = read_checkpoint(path)[1]
+    if card is None:
+        raise CheckpointError(f"{path} has weights but no reslab model card")
+    return card

@@ -40,7 +40,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default is None or "default" in text:
+        if action.default is None or action.default is False and action.nargs == 0 or "default" in text:
             return text
         return super()._get_help_string(action)
 

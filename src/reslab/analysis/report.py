@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,14 +172,24 @@ def to_html(title: str, sections: list[Section]) -> str:
     return "\n".join(parts)
 
 
-def build_report(folder: Union[str, Path], fmt: str = "md", title: str = "reslab experiments") -> Path:
-    """Write ``report.md`` or ``report.html`` into ``folder`` with every experiment under it."""
+def build_report(folder: Union[str, Path], fmt: str = "md", title: str = "reslab experiments",
+                 path: Union[str, Path, None] = None) -> Path:
+    """Write ``report.md`` or ``report.html`` (or ``path``) with every experiment under
+    ``folder``; figures are linked relative to the report's folder."""
     if fmt not in REPORT_FORMATS:
         raise ValueError(f"report format must be one of {REPORT_FORMATS}, got {fmt!r}")
     sections = gather(folder)
     if not sections:
         raise FileNotFoundError(f"{folder} holds no experiment tables (JSON with an 'experiment' key) or PNG figures; "
                                 "run an experiment with --out pointing there first")
-    path = Path(folder) / f"report.{fmt}"
+    path = Path(path) if path is not None else report_path(folder, fmt)
+    for section in sections:  # gather links figures relative to folder; the report may be elsewhere
+        section.figures = [os.path.relpath(Path(folder) / figure, path.parent) for figure in section.figures]
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(to_markdown(title, sections) if fmt == "md" else to_html(title, sections))
     return path
+
+
+def report_path(folder: Union[str, Path], fmt: str = "md") -> Path:
+    """Where :func:`build_report` writes by default: ``folder/report.<fmt>``."""
+    return Path(folder) / f"report.{fmt}"

@@ -38,7 +38,7 @@ def load_benchmark_model(name_or_path: str):
 
     if name_or_path in list_models() or not Path(name_or_path).exists():
         return create_model(name_or_path).eval(), model_info(name_or_path).input_size  # unknown: close matches
-    model, card = load_model(name_or_path)
+    model, card = load_model(name_or_path, with_card=True)
     return model, card.input_size
 
 

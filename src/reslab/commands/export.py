@@ -11,6 +11,7 @@ ResNet models), loadable with their `load_state_dict`.
 import argparse
 
 from reslab.argtypes import int_range
+from reslab.commands.options import add_output_arguments
 
 ONNX_OPSETS = (7, 23)  # what torch.onnx knows (torch.onnx._constants.ONNX_MIN_OPSET / ONNX_MAX_OPSET)
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "state-dict": ".pth"}
@@ -20,18 +21,19 @@ TOLERANCE = 1e-4  # largest difference / max(1, largest |logit|)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="model file (.safetensors) or run folder")
     parser.add_argument("--format", choices=tuple(FORMATS), required=True, help="what to write")
-    parser.add_argument("--out", default=None, help="output file (default: beside the checkpoint, with the format's suffix)")
     parser.add_argument("--fold-bn", action="store_true", help="fold BN into the preceding convolutions (onnx, torchscript)")
     parser.add_argument("--flavour", choices=("torchvision", "timm"), default="torchvision", help="key names of --format state-dict")
     parser.add_argument("--trace", action="store_true", help="TorchScript by tracing instead of scripting")
     parser.add_argument("--opset", type=int_range(*ONNX_OPSETS, "opset"), default=17, help="ONNX opset version")
     parser.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")
+    add_output_arguments(parser, "export", file="model", default="beside the checkpoint, its name with the format's suffix")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from reslab.checkpoint import load_model, resolve_checkpoint_path
+    from reslab.commands.options import output_file
     from reslab.inference import export, interop
     from reslab.inference.fold import fold_bn
 
@@ -39,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else source.parent / (source.stem + FORMATS[args.format])
     if out.resolve() == source.resolve():
         raise ValueError(f"--out {out} is the checkpoint itself; choose another file name")
-    model, card = load_model(source)
+    out = output_file(out, overwrite=args.overwrite)
+    model, card = load_model(source, with_card=True)
     if args.format == "state-dict":
         if args.fold_bn:
             raise ValueError("--fold-bn changes the layout; a state dict for torchvision/timm must keep its BN layers")

@@ -15,7 +15,7 @@ makes the study about five times faster than the whole CIFAR-10 test set.
 import argparse
 
 from reslab.argtypes import positive_int
-from reslab.commands.eval import add_data_arguments
+from reslab.commands.options import add_data_arguments, add_output_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,17 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draws", type=positive_int, default=5, help="random draws for each k")
     parser.add_argument("--include-downsampling", action="store_true",
                         help="let (b) delete downsampling blocks too (by default only blocks that keep the shape)")
-    parser.add_argument("--out", default="results/lesion", metavar="DIR", help="output folder")
+    add_output_arguments(parser, "lesion")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from reslab.analysis.lesion import lesion_study, plot_k_studies, plot_single_deletions
     from reslab.analysis.plots import write_json
     from reslab.analysis.report import to_text
-    from reslab.commands.eval import load_checkpoint_batches, load_images, run_in_bf16
+    from reslab.commands.options import checkpoint_name, load_checkpoint_batches, load_images, output_folder, run_in_bf16
 
+    out = output_folder(args.out, "lesion", checkpoint_name(args.checkpoint), overwrite=args.overwrite)
     dataset = load_images(args)
     model, card, _, batches = load_checkpoint_batches(args.checkpoint, dataset, args)
     plain = None
@@ -46,7 +45,6 @@ def run(args: argparse.Namespace) -> int:
     result = lesion_study(model, batches, plain=plain, max_k=args.max_k, draws=args.draws, seed=args.seed,
                           include_downsampling=args.include_downsampling, bf16=run_in_bf16(args))
     result.update(checkpoint=str(args.checkpoint), model=card.model, plain_checkpoint=args.plain, split=args.split)
-    out = Path(args.out)
     write_json(out / "lesion.json", result)
     plot_single_deletions(result, out / "lesion_blocks.png")
     plot_k_studies(result, out / "lesion_k.png")

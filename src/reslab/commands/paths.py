@@ -15,7 +15,7 @@ paths.json and paths.png into --out. Cost: (n + 1) x --samples backward passes o
 import argparse
 
 from reslab.argtypes import positive_int
-from reslab.commands.eval import add_data_arguments
+from reslab.commands.options import add_data_arguments, add_output_arguments
 
 
 def _fraction(text: str) -> float:
@@ -31,33 +31,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(images=64)
     parser.add_argument("--samples", type=positive_int, default=10, help="random paths sampled for each length")
     parser.add_argument("--fraction", type=_fraction, default=0.9, help="share of the total gradient the reported window holds")
-    parser.add_argument("--out", default="results/paths", metavar="DIR", help="output folder")
+    add_output_arguments(parser, "paths")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import torch
 
     from reslab.analysis.paths import path_study, plot_paths
     from reslab.analysis.plots import write_json
     from reslab.analysis.report import to_text
     from reslab.checkpoint import load_model
-    from reslab.commands.eval import device_of, load_checkpoint_batches, load_images
+    from reslab.commands.options import checkpoint_name, device_of, load_checkpoint_batches, load_images, output_folder
 
+    out = output_folder(args.out, "paths", checkpoint_name(args.checkpoint), overwrite=args.overwrite)
     if args.data:
         model, card, _, batches = load_checkpoint_batches(args.checkpoint, load_images(args), args)
         images, labels = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
         source = f"{len(labels)} {args.split} images of {args.data}"
     else:
-        model, card = load_model(args.checkpoint, map_location=device_of(args))
+        model, card = load_model(args.checkpoint, map_location=device_of(args), with_card=True)
         generator = torch.Generator().manual_seed(args.seed)
         images = torch.randn(args.images, 3, card.input_size, card.input_size, generator=generator).to(device_of(args))
         labels = torch.randint(card.num_classes, (args.images,), generator=generator).to(images.device)
         source = f"{args.images} images of Gaussian noise with random labels (no --data given)"
     result = path_study(model, images, labels, samples=args.samples, seed=args.seed, fraction=args.fraction)
     result.update(checkpoint=str(args.checkpoint), model=card.model, images=source)
-    out = Path(args.out)
     write_json(out / "paths.json", result)
     plot_paths(result, out / "paths.png")
     print(to_text(result))

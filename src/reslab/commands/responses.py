@@ -9,23 +9,22 @@ ResNet-56). Writes responses.json and responses.png into --out.
 
 import argparse
 
-from reslab.commands.eval import add_data_arguments
+from reslab.commands.options import add_data_arguments, add_output_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="model files or run folders")
     add_data_arguments(parser)
-    parser.add_argument("--out", default="results/responses", metavar="DIR", help="output folder")
+    add_output_arguments(parser, "responses")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from reslab.analysis.plots import write_json
     from reslab.analysis.report import to_text
     from reslab.analysis.responses import plot_responses, responses_study
-    from reslab.commands.eval import load_checkpoint_batches, load_images, run_in_bf16
+    from reslab.commands.options import load_checkpoint_batches, load_images, names_of, output_folder, run_in_bf16
 
+    out = output_folder(args.out, "responses", names_of(args.checkpoints), overwrite=args.overwrite)
     dataset = load_images(args)
     models = {}
     for path in args.checkpoints:
@@ -34,7 +33,6 @@ def run(args: argparse.Namespace) -> int:
         models[label] = (model, batches)
     result = responses_study(models, bf16=run_in_bf16(args))
     result["checkpoints"] = list(args.checkpoints)
-    out = Path(args.out)
     write_json(out / "responses.json", result)
     plot_responses(result, out / "responses.png")
     print(to_text(result))

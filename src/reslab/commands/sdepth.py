@@ -9,32 +9,37 @@ drops dotted) and sdepth.json: expected depth, (3L - 1)/4 and sum of p_l, agains
 mean active depth, and the training seconds per epoch with and without (time saved in %).
 
 The stochastic-depth recipe is 500 epochs; shorten it, e.g.
-  reslab sdepth --data DATA --out results/sdepth --model resnet56 --epochs 20 --train-subset 10000
+  reslab sdepth --data DATA --model resnet56 --epochs 20 --train-subset 10000
 """
 
 import argparse
 
 from reslab.argtypes import survival_probability
-from reslab.commands.degradation import add_training_arguments, training_overrides
+from reslab.commands.options import add_output_arguments, add_training_arguments
+
+RESULT_FILES = ("sdepth.json", "sdepth.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="PATH", help="data set folder with train/ and test/")
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the two runs, sdepth.json and .png")
     parser.add_argument("--model", default="resnet56", help="registered residual model")
     parser.add_argument("--p-last", type=survival_probability, default=0.5, help="survival probability p_L of the last block")
     add_training_arguments(parser, default_recipe="stochastic-depth")
+    add_output_arguments(parser, "sdepth", default="runs/sdepth/MODEL, or a fresh MODEL-2... if it holds other "
+                         "files; a folder holding this command's two runs continues them")
 
 
 def run(args: argparse.Namespace) -> int:
     from reslab.analysis.report import to_text
-    from reslab.analysis.sdepth import sdepth_experiment
+    from reslab.analysis.sdepth import RUNS, sdepth_experiment
+    from reslab.commands.options import output_folder, training_overrides
 
-    result = sdepth_experiment(args.data, args.out, args.model, args.recipe, args.p_last, **training_overrides(args))
+    out = output_folder(args.out, "sdepth", args.model, overwrite=args.overwrite, continues=(*RUNS, *RESULT_FILES))
+    result = sdepth_experiment(args.data, out, args.model, args.recipe, args.p_last, **training_overrides(args))
     print(to_text({k: v for k, v in result.items() if k != "epochs"}))
     depth, time = result["depth"], result["time"]
     print(f"expected depth {depth['sum_survival']:.2f} of {depth['blocks']} blocks ((3L-1)/4 = {depth['paper_formula']:.2f}), "
           f"measured {depth['measured_active_blocks']:.2f}; time per epoch {time['constant_epoch_seconds']:.1f} s -> "
           f"{time['stochastic_epoch_seconds']:.1f} s ({time['time_saved_pct']:.1f}% saved)")
-    print(f"wrote {args.out}/sdepth.json and {args.out}/sdepth.png")
+    print(f"wrote {out / 'sdepth.json'} and {out / 'sdepth.png'}")
     return 0

@@ -20,11 +20,11 @@ Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and exits (statu
 
 import argparse
 import sys
-import typing
 from dataclasses import fields, replace
 from typing import Any, Optional
 
-from reslab.argtypes import increasing_fractions, int_list, key_value
+from reslab.argtypes import int_list, key_value
+from reslab.commands.options import flag_name, parser_for_field
 
 # Flags that may change on --resume: how the run is shown and how fast it runs, not what it computes.
 RESUME_FLAGS = ("threads", "progress", "tensorboard", "log_interval")
@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         else:
-            group.add_argument(flag, type=_parser_for(f.name, kind), choices=f.metadata.get("choices"),
+            group.add_argument(flag, type=parser_for_field(f.name, kind), choices=f.metadata.get("choices"),
                                default=argparse.SUPPRESS, help=text, metavar=_metavar(f.name, kind, f.metadata))
 
 
@@ -117,36 +117,6 @@ def _report(result: dict[str, Any]) -> int:
         print(f"final test accuracy {100 * result['test_accuracy']:.2f}% (error {100 * result['test_error']:.2f}%) "
               f"after {result['iteration']} iterations{note}")
     return 0
-
-
-def flag_name(field: str) -> str:
-    """The command-line flag of TrainConfig field ``field`` (``train_subset`` -> ``--train-subset``)."""
-    return "--" + field.replace("_", "-")
-
-
-def field_argument_type(name: str):
-    """The argparse ``type=`` of TrainConfig field ``name``: the same for every command that sets it."""
-    from reslab.train.config import field_types
-
-    return _parser_for(name, field_types()[name])
-
-
-def _parser_for(name: str, kind: Any):
-    """An argparse ``type=`` for a TrainConfig field: its range's type if it has one, else by annotation."""
-    from reslab.train.config import FIELD_RANGES
-
-    args = typing.get_args(kind)
-    if typing.get_origin(kind) is typing.Union and type(None) in args:  # Optional[X]: 'none' is None
-        inner = _parser_for(name, next(a for a in args if a is not type(None)))
-
-        def optional(text: str) -> Any:
-            return None if text.lower() == "none" else inner(text)
-
-        optional.__name__ = getattr(inner, "__name__", "optional")  # argparse names the type in its messages
-        return optional
-    if typing.get_origin(kind) is tuple:
-        return increasing_fractions
-    return FIELD_RANGES.get(name) or {int: int, float: float, str: str}[kind]
 
 
 def _metavar(name: str, kind: Any, metadata: Any) -> Optional[str]:

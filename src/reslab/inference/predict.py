@@ -70,7 +70,7 @@ class Predictor:
     def from_checkpoint(cls, path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
                         resize_size: Optional[int] = None) -> "Predictor":
         """Load a reslab model file or run folder (see :func:`reslab.checkpoint.load_model`)."""
-        model, card = load_model(path)
+        model, card = load_model(path, with_card=True)
         return cls(model, card, device, resize_size)
 
     @torch.inference_mode()
