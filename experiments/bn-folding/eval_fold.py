@@ -6,7 +6,7 @@ evaluation (the recipe's test-time views, the whole test set, ``reslab.train.tra
 on a run's weights, folded and as trained, taking turns for ``--rounds`` rounds, and checks that
 both give the same error.
 
-    python benchmarks/eval_fold.py results/fast25_icelake_seed1 --data ../shared/datasets/cifar10
+    python experiments/bn-folding/eval_fold.py runs/fast-recipe/icelake_seed1 --data ../shared/datasets/cifar10
 """
 
 from __future__ import annotations

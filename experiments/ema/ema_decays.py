@@ -5,8 +5,8 @@ An average of the weights changes nothing in training, so one run can carry seve
 comparing them on the same run leaves out the seed-to-seed spread (about 0.2 points for the
 fast recipe) that separate runs with and without ``--ema-decay`` would add.
 
-    python benchmarks/ema_decays.py --data ../shared/datasets/cifar10 --out results/ema_decays_icelake_seed0
-    python benchmarks/ema_decays.py --data ../shared/datasets/cifar10 --out /tmp/ema --epochs 2 --train-subset 2000
+    python experiments/ema/ema_decays.py --data ../shared/datasets/cifar10 --out runs/ema/icelake_seed0
+    python experiments/ema/ema_decays.py --data ../shared/datasets/cifar10 --out /tmp/ema --epochs 2 --train-subset 2000
 
 The averages are ``reslab.train.extras.ModelEma`` (weights and BN statistics, as ``--ema-decay``),
 kept by a trainer callback: it takes the weights after every step (when the next step's

@@ -1,12 +1,12 @@
 """Several models trained with one recipe at one fixed budget: test error and time, as a table.
 
-    python benchmarks/fixed_budget.py                       # the README's table (about 40 min at 1 thread)
-    python benchmarks/fixed_budget.py --models resnet20,plain20 --epochs 2
+    python experiments/fixed-budget/fixed_budget.py          # the table of experiments/fixed-budget (about 40 min at 1 thread)
+    python experiments/fixed-budget/fixed_budget.py --models resnet20,plain20 --epochs 2
 
 Each model is trained into OUT/<model> with ``reslab train``'s trainer (a finished run there is
 reused, a stopped one resumed, one configured otherwise refused), so the command can be rerun
-after an interruption and prints the table again at no cost. The defaults are the README's
-budget: the paper recipe for 6 epochs of a class-balanced 10,000-image subset (468 iterations
+after an interruption and prints the table again at no cost. The defaults are the
+experiment's budget: the paper recipe for 6 epochs of a class-balanced 10,000-image subset (468 iterations
 of batch 128), one thread, test error on the full test set. ``reslab degradation`` with the same
 flags and OUT reuses the plain20/plain56/resnet20/resnet56 runs.
 """
@@ -21,7 +21,7 @@ from reslab.analysis.degradation import run_summary, train_or_reuse
 from reslab.analysis.plots import read_jsonl
 from reslab.train import TrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODELS = "resnet20,resnet56,plain20,plain56,preact_resnet110,wrn16_4"
 
 
@@ -35,7 +35,8 @@ def run_row(run: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="../shared/datasets/cifar10", help="as given to the runs (run from the repo root)")
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "budget")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "fixed-budget",
+                        help="folder of the runs (default: runs/fixed-budget; the committed evidence is experiments/fixed-budget)")
     parser.add_argument("--models", default=MODELS, help="comma-separated registered models")
     parser.add_argument("--recipe", default="paper")
     parser.add_argument("--epochs", type=float, default=6)

@@ -9,7 +9,7 @@ computes each distinct view's logits once per run (shifted views are crops of th
 padded by reflection, as in ``tta_logits``) and combines them, so every set costs only its
 share of the forward passes; the time column is what evaluating with that set costs.
 
-    python benchmarks/tta_views.py results/fast25_icelake_seed1 --data ../shared/datasets/cifar10
+    python experiments/test-time-views/tta_views.py runs/fast-recipe/icelake_seed1 --data ../shared/datasets/cifar10
 
 Choosing views by their test accuracy selects on the test set, so read the table as a
 measurement of these runs, not as a tuned setting; a setting is adopted only if it wins on

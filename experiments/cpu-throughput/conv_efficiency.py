@@ -11,7 +11,7 @@ rate, then at the matmul's rate, and nothing else took any time. The second need
 the convolutions, whose rates drift from run to run, only their arithmetic (255 MFLOP per
 training image: 3x the forward's, for the two backward products).
 
-    python benchmarks/conv_efficiency.py [--precision fp32|bf16]
+    python experiments/cpu-throughput/conv_efficiency.py [--precision fp32|bf16]
 """
 
 from __future__ import annotations
