@@ -168,7 +168,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def resolve_checkpoint_path(path: PathLike) -> Path:
-    """A model file from a file path or a run folder (its ``model.safetensors``)."""
+    """A model file from a file path, a run folder (its ``model.safetensors``), or a model name
+    with trained weights (``resnet56``: the shipped file, :mod:`reslab.pretrained`); a path that
+    exists wins over a name."""
+    from reslab.pretrained import resolve_named_checkpoint
+
+    named = resolve_named_checkpoint(path)
+    if named is not None:
+        return named
     path = Path(path)
     if path.is_dir():
         candidate = path / MODEL_FILE

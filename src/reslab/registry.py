@@ -75,12 +75,17 @@ def _natural_key(name: str) -> list:
     return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", name)]
 
 
-def list_models(pattern: str = "*", family: Optional[str] = None) -> list[str]:
+def list_models(pattern: str = "*", family: Optional[str] = None, pretrained: bool = False) -> list[str]:
     """Registered model names matching a shell-style ``pattern`` (e.g. ``'resnet*'``), in
-    natural order (resnet20 before resnet110)."""
+    natural order (resnet20 before resnet110); ``pretrained=True``: only those with trained weights."""
     _load_families()
+    if pretrained:
+        from reslab.pretrained import pretrained_names
+
+        with_weights = set(pretrained_names())
     names = [n for n, info in _REGISTRY.items()
-             if fnmatch.fnmatchcase(n, pattern) and (family is None or info.family == family)]
+             if fnmatch.fnmatchcase(n, pattern) and (family is None or info.family == family)
+             and (not pretrained or n in with_weights)]
     return sorted(names, key=_natural_key)
 
 
@@ -97,8 +102,11 @@ def model_info(name: str) -> ModelInfo:
     return _REGISTRY[key]
 
 
-def create_model(name: str, num_classes: Optional[int] = None, **overrides: Any) -> nn.Module:
+def create_model(name: str, num_classes: Optional[int] = None, pretrained: bool = False, **overrides: Any) -> nn.Module:
     """Build a registered model.
+
+    ``pretrained=True`` returns it with reslab's trained CIFAR-10 weights, in eval mode, its card
+    in ``model.pretrained_cfg`` (:mod:`reslab.pretrained`); it takes no other options.
 
     ``num_classes`` defaults to the model's own (10 for CIFAR nets, 1000 for ImageNet nets).
     ``stochastic_depth=p_L`` gives every residual block the survival p_l = 1 - (l/L)(1 - p_L)
@@ -109,6 +117,14 @@ def create_model(name: str, num_classes: Optional[int] = None, **overrides: Any)
     from reslab.models.layers import set_stochastic_depth
 
     info = model_info(name)
+    if pretrained:
+        from reslab.pretrained import load_pretrained
+
+        if num_classes is not None or overrides:
+            given = ", ".join([*(["num_classes"] if num_classes is not None else []), *overrides])
+            raise ValueError(f"pretrained=True builds {info.name} as it was trained; drop {given}, or build it "
+                             "without pretrained=True")
+        return load_pretrained(info.name)
     accepted = info.accepted_overrides()
     for key in overrides:
         if key not in accepted:

@@ -38,6 +38,11 @@ def format_rows(rows: list[dict], markdown: bool = False) -> str:
     header = ["model", "family", "paper", "input", "params", "MACs", "paper's params"]
     body = [[r["name"], r["family"], r["paper"], f"{r['input_size']}x{r['input_size']}",
              f"{r['params']:,}", _human(r["macs"]), _human(r["published_params"])] for r in rows]
+    return format_table(header, body, markdown)
+
+
+def format_table(header: list[str], body: list[list[str]], markdown: bool = False) -> str:
+    """Rows as a markdown table, or as plain text in aligned columns."""
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
