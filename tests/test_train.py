@@ -5,6 +5,7 @@ dozen iterations per run."""
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -235,11 +236,77 @@ def test_sigterm_from_outside_saves_a_checkpoint_and_exits_143(tiny_cifar, tmp_p
 
 
 def test_resume_rejects_flags_that_would_change_the_run(tiny_cifar, tmp_path, capsys, reference_run):
-    assert main(["train", "--resume", str(reference_run), "--lr", "0.2", "--threads", "1"]) == 1
+    with pytest.raises(SystemExit) as usage:  # a usage error, as argparse's own: exit status 2, one line
+        main(["train", "--resume", str(reference_run), "--lr", "0.2", "--threads", "1"])
     error = capsys.readouterr().err
+    assert usage.value.code == 2 and error.count("\n") == 1
     assert "leave out --lr" in error and "allowed with --resume: --threads" in error
     assert main(["train", "--resume", str(reference_run)]) == 0  # a finished run: nothing to do
     assert "finished run" in capsys.readouterr().out
+
+
+def test_a_copied_run_resumes_in_the_copy_from_any_folder_and_leaves_the_original_alone(
+        tiny_cifar, tmp_path, monkeypatch, reference_run):
+    started, elsewhere = tmp_path / "started", tmp_path / "elsewhere"
+    started.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(started)  # config.json records the relative out "run", as a user's command would
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_config(tiny_cifar, Path("run"), **STRICT), callbacks=[SignalAt(epoch=0)])
+    assert json.loads((started / "run" / "config.json").read_text())["config"]["out"] == "run"
+    copy = tmp_path / "moved" / "copy"
+    shutil.copytree(started / "run", copy)
+    original = {f.name: f.read_bytes() for f in (started / "run").iterdir()}
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--resume", os.path.relpath(copy, elsewhere)]) == 0
+    assert {f.name: f.read_bytes() for f in (started / "run").iterdir()} == original  # untouched
+    assert not any(elsewhere.iterdir())  # nothing written where the command ran
+    assert torch.load(copy / "checkpoint.pt", weights_only=True)["progress"]["finished"]
+    assert [m["epoch"] for m in metric_lines(copy)] == [0, 1]
+    assert_same_weights(final_weights(copy), final_weights(reference_run))
+
+
+FIXTURE = REPO / "tests" / "fixtures" / "run-f2ec46c-stopped"  # written by the release before the redesign
+
+
+def test_a_run_saved_by_the_previous_release_resumes_and_ends_as_it_would_have(tiny_cifar, tmp_path, capsys):
+    old = tmp_path / "old-run"
+    shutil.copytree(FIXTURE, old)
+    assert main(["train", "--resume", str(old), "--data", str(tiny_cifar)]) == 0  # its data was elsewhere then
+    reference = [json.loads(line) for line in (FIXTURE / "reference-metrics.jsonl").read_text().splitlines()]
+    resumed = metric_lines(old)
+    assert [m["iteration"] for m in resumed] == [m["iteration"] for m in reference] == [6, 12]
+    for got, want in zip(resumed, reference):
+        for key in ("train_loss", "train_error", "test_loss", "test_error"):
+            assert got[key] == pytest.approx(want[key], abs=1e-6), key
+    assert "resuming at iteration 6 of 12" in capsys.readouterr().out
+
+
+def test_resume_refuses_a_data_set_with_other_classes(tiny_cifar, tmp_path, capsys):
+    other = tmp_path / "other"
+    for split in ("train", "test"):
+        for name in ("airplane", "cat"):
+            shutil.copytree(tiny_cifar / split / name, other / split / ("x" + name))
+    old = tmp_path / "old-run"
+    shutil.copytree(FIXTURE, old)
+    assert main(["train", "--resume", str(old), "--data", str(other)]) == 1
+    assert "other classes than the run was trained on" in capsys.readouterr().err
+
+
+def test_a_data_set_of_one_class_is_refused_in_one_line(tiny_cifar, tmp_path, capsys):
+    single = tmp_path / "single"
+    for split in ("train", "test"):
+        shutil.copytree(tiny_cifar / split / "cat", single / split / "cat")
+    assert main(["train", "resnet20", "--data", str(single), "--out", str(tmp_path / "run"), "--epochs", "1"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the data decoder's progress lines
+    assert error.startswith("reslab train: error: ") and "has 1 class (cat): a classifier needs at least 2" in error
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_lr_0_warns_and_messages_count_in_the_singular(tiny_cifar, tmp_path, capsys):
+    train(tiny_config(tiny_cifar, tmp_path / "run", epochs=None, iterations=1, lr=0.0))
+    printed = capsys.readouterr()
+    assert "warning: the learning rate is 0: the weights will not change" in printed.err
+    assert "(1 epoch of 6 iterations of 32 images)" in printed.out and "1 thread x 1 process," in printed.out
 
 
 # ------------------------------------------------------------------------------------------
@@ -432,6 +499,44 @@ def test_a_test_time_shift_too_large_for_the_images_is_refused_before_training(t
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_epochs_are_evaluated_single_view_and_the_last_also_with_the_views_showing_progress(tiny_cifar, tmp_path,
+                                                                                             capsys):
+    result = train(tiny_config(tiny_cifar, tmp_path / "run", tta_flip=True, tta_translate=0, eval_subset=50))
+    first, last = metric_lines(tmp_path / "run")
+    assert "test_error" in first and "test_error_views" not in first  # the curve: single view every epoch
+    assert {"test_error", "test_loss_views", "test_error_views", "test_accuracy_views"} <= set(last)
+    assert result["views"] == "views: mirror images" and result["test_error_views"] == last["test_error_views"]
+    printed = capsys.readouterr().out
+    assert "200 train, 50 test images" in printed  # --eval-subset: a class-balanced 50 of the 100
+    assert "evaluating test: views: mirror images (1 batch)" in printed  # the final evaluation says it runs
+
+
+@pytest.mark.parametrize("command", ["degradation", "sdepth"])
+def test_the_training_based_commands_take_eval_subset(command):
+    from reslab.cli import build_parser
+    from reslab.commands.options import training_overrides
+
+    args = build_parser().parse_args([command, "--data", "d", "--eval-subset", "1000"])
+    assert training_overrides(args)["eval_subset"] == 1000
+    assert TrainConfig.from_recipe("paper", **training_overrides(args)).eval_subset == 1000
+
+
+def test_a_test_curve_of_one_point_is_marked_and_labelled():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from reslab.analysis.plots import RunCurves, plot_error_curves
+
+    fig, ax = plt.subplots()
+    plot_error_curves(ax, [RunCurves("once", [1, 2], [50.0, 40.0], [2], [45.0]),
+                           RunCurves("curve", [1, 2], [50.0, 40.0], [1, 2], [48.0, 45.0])])
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert lines["once (test evaluated once)"].get_marker() == "o" and lines["curve"].get_marker() == "o"
+    plt.close(fig)
+
+
 @pytest.mark.parametrize("interval, evaluated", [(0, [2]), (2, [1, 2]), (1, [0, 1, 2])])
 def test_the_test_set_is_evaluated_every_eval_interval_epochs_and_after_the_last(tiny_cifar, tmp_path, interval, evaluated):
     train(tiny_config(tiny_cifar, tmp_path / "run", epochs=3, eval_interval=interval))
@@ -440,8 +545,8 @@ def test_the_test_set_is_evaluated_every_eval_interval_epochs_and_after_the_last
     assert [line["epoch"] for line in lines if "test_error" in line] == evaluated
 
 
-def test_the_fast_recipe_evaluates_after_the_last_epoch_only():
-    assert TrainConfig.from_recipe("fast").eval_interval == 0  # whatever --epochs says
+def test_the_fast_recipe_evaluates_every_fifth_epoch_for_its_curve():
+    assert TrainConfig.from_recipe("fast").eval_interval == 5  # single view, 3-4 s each on 10,000 images
 
 
 def test_small_crops_train_then_full_size_and_bad_values_are_refused(tiny_cifar, tmp_path, monkeypatch, capsys):

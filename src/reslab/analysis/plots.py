@@ -100,12 +100,15 @@ class RunCurves:
 
 def plot_error_curves(ax, runs: Sequence[RunCurves], *, smooth: int = 1, styles: Optional[Sequence] = None) -> None:
     """Training error (thin) and test error (bold) of ``runs`` vs iterations on ``ax``, one
-    colour per run; training error smoothed by a ``smooth``-point moving average."""
+    colour per run; training error smoothed by a ``smooth``-point moving average. Test points
+    are marked, so a curve of one point (a run evaluated once) shows, and its label says so."""
     for run, color in zip(runs, styles or colors(len(runs))):
         if run.train_iterations:
             ax.plot(run.train_iterations, moving_average(run.train_error, smooth), color=color, lw=0.8, alpha=0.8)
         if run.test_iterations:
-            ax.plot(run.test_iterations, run.test_error, color=color, lw=2.2, label=run.name)
+            single = len(run.test_iterations) == 1
+            ax.plot(run.test_iterations, run.test_error, color=color, lw=2.2, marker="o", ms=6 if single else 3,
+                    label=f"{run.name} (test evaluated once)" if single else run.name)
     ax.set_xlabel("iterations")
     ax.set_ylabel("error (%)")
     ax.grid(alpha=0.3)

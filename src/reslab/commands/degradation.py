@@ -8,8 +8,8 @@ and test error and the verdict, whether the deepest plain net ends with a HIGHER
 than the shallowest (degradation) and the deepest residual net with a LOWER one.
 
 The paper recipe is 64k iterations of batch 128 per model (days on a CPU); shorten it with
---epochs / --iterations and --train-subset, e.g.
-  reslab degradation --data DATA --epochs 30 --train-subset 10000
+--epochs / --iterations and --train-subset (and evaluate on fewer test images with --eval-subset), e.g.
+  reslab degradation --data DATA --epochs 30 --train-subset 10000 --eval-subset 2000
 """
 
 import argparse

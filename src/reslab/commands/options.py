@@ -238,6 +238,7 @@ TRAINING_FLAGS = (
     ("seed", "seed of weights, data order and augmentation"),
     ("threads", "CPU threads; 0 = torch's default"),
     ("eval_interval", "evaluate every this many epochs and after the last; 0 = after the last only"),
+    ("eval_subset", "evaluate on a class-balanced fixed subset of this many test images; 0 = all"),
     ("log_interval", "iterations between lines of steps.jsonl (the thin curves)"),
 )
 

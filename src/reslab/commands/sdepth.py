@@ -8,8 +8,8 @@ computed per training step. Writes sdepth.png (gradient and test error per epoch
 drops dotted) and sdepth.json: expected depth, (3L - 1)/4 and sum of p_l, against the measured
 mean active depth, and the training seconds per epoch with and without (time saved in %).
 
-The stochastic-depth recipe is 500 epochs; shorten it, e.g.
-  reslab sdepth --data DATA --model resnet56 --epochs 20 --train-subset 10000
+The stochastic-depth recipe is 500 epochs; shorten it (--eval-subset evaluates on fewer test images), e.g.
+  reslab sdepth --data DATA --model resnet56 --epochs 20 --train-subset 10000 --eval-subset 2000
 """
 
 import argparse

@@ -26,8 +26,9 @@ from typing import Any, Optional
 from reslab.argtypes import int_list, key_value
 from reslab.commands.options import flag_name, parser_for_field
 
-# Flags that may change on --resume: how the run is shown and how fast it runs, not what it computes.
-RESUME_FLAGS = ("threads", "progress", "tensorboard", "log_interval")
+# Flags that may change on --resume: how the run is shown and how fast it runs, not what it
+# computes; and where its data set is now (the trainer checks that it has the run's classes).
+RESUME_FLAGS = ("threads", "progress", "tensorboard", "log_interval", "data", "cache_dir")
 # Config fields with their own arguments (or none).
 SPECIAL_FIELDS = ("model", "recipe", "model_args")
 REQUIRED_FIELDS = ("data", "out")  # no recipe has a value for them; only --resume does without
@@ -45,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="DIR", help="continue the stopped run in DIR (only "
                         + ", ".join(flag_name(f) for f in RESUME_FLAGS) + " may be given with it)")
     parser.add_argument("--list-recipes", action="store_true", help="print the recipes' values and exit")
+    parser.set_defaults(usage_error=parser.error)  # run() reports misused flags as argparse does: exit status 2
     fast = TrainConfig.from_recipe("fast")
     types = field_types()
     group = parser.add_argument_group("run values", "each overrides the recipe's value (shown for fast)")
@@ -80,19 +82,19 @@ def run(args: argparse.Namespace) -> int:
             extra = sorted(set(given) - set(RESUME_FLAGS))
             if args.model or args.model_arg or args.seeds or args.recipe or extra:
                 flags = (["MODEL"] if args.model else []) + [flag_name(k) for k in extra]
-                raise ValueError(f"--resume continues the run as it was configured in {args.resume}/config.json; "
+                args.usage_error(f"--resume continues the run as it was configured in {args.resume}/config.json; "
                                  f"leave out {', '.join(flags) or '--model-arg/--seeds/--recipe'} (allowed with --resume: "
                                  + ", ".join(flag_name(f) for f in RESUME_FLAGS) + ")")
-            out = Path(args.resume)
+            out = Path(args.resume)  # the run continues here, wherever it was started (read_config sets out)
             if (out / SEEDS_FILE).exists():
                 config, seeds = read_seeds(out)
                 return _report(train_seeds(replace(config, **given), seeds, resume=True))
             return _report(train(replace(read_config(out), **given), resume=True))
         if not args.model:
-            raise ValueError("give the MODEL to train (e.g. resnet20; `reslab models` lists them), or --resume DIR")
+            args.usage_error("give the MODEL to train (e.g. resnet20; `reslab models` lists them), or --resume DIR")
         for required in REQUIRED_FIELDS:
             if required not in given:
-                raise ValueError(f"--{required} is required (see `reslab train --help`)")
+                args.usage_error(f"--{required} is required")
         config = TrainConfig.from_recipe(args.recipe or "fast", model=args.model, model_args=dict(args.model_arg), **given)
         if args.seeds:
             return _report(train_seeds(config, args.seeds))
@@ -114,8 +116,10 @@ def _report(result: dict[str, Any]) -> int:
         best = result.get("best", {})
         note = (f"; best val error {100 * best['val_error']:.2f}% at epoch {best['epoch'] + 1} "
                 f"(test error there {100 * best['test_error']:.2f}%)" if "val_error" in best else "")
-        print(f"final test accuracy {100 * result['test_accuracy']:.2f}% (error {100 * result['test_error']:.2f}%) "
-              f"after {result['iteration']} iterations{note}")
+        views = (f"; with the test-time {result['views']}: {100 * result['test_accuracy_views']:.2f}%"
+                 if "test_accuracy_views" in result else "")
+        print(f"final test accuracy {100 * result['test_accuracy']:.2f}% single view (error {100 * result['test_error']:.2f}%)"
+              f"{views}, after {result['iteration']} iterations{note}")
     return 0
 
 

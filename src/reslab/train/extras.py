@@ -96,6 +96,12 @@ def check_tta_translate(translate: int, image_size: tuple[int, int]) -> None:
                         f"{image_size[0]}x{image_size[1]}")
 
 
+def views_label(flip: bool, translate: int) -> str:
+    """How the test-time views of :func:`tta_logits` are named in messages and results."""
+    names = (["mirror images"] if flip else []) + ([f"{translate}-pixel shifts"] if translate else [])
+    return "single view" if not names else "views: " + " + ".join(names)
+
+
 def tta_logits(model: nn.Module, images: Tensor, *, flip: bool = False, translate: int = 0) -> Tensor:
     """Float logits of ``model`` on ``images`` ``[B, C, H, W]`` averaged over test-time views: the
     images and, with ``flip``, their mirror images (along the width); with ``translate`` t > 0,

@@ -24,6 +24,13 @@ METRICS_FILE = "metrics.jsonl"
 STEPS_FILE = "steps.jsonl"
 
 
+def plural(count: int, noun: str) -> str:
+    """``count`` and ``noun``, in the plural unless ``count`` is 1 ("1 epoch", "2 classes")."""
+    if count == 1:
+        return f"{count} {noun}"
+    return f"{count:,} {noun}{'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
+
+
 class Progress:
     """Progress of the epochs on stdout."""
 
@@ -59,6 +66,21 @@ class Progress:
                                   lr=f"{lr:.3g}", img_s=f"{epoch_so_far['img_per_s']:.0f}", refresh=False)
             self._bar.update()
 
+    def evaluation(self, label: str, announce: bool = False):
+        """A function that wraps an evaluation's batches: a bar on a terminal; with plain lines,
+        a line before a long evaluation (``announce``) and none for the cheap per-epoch ones."""
+        def wrap(loader):
+            if self.use_bar:
+                from tqdm import tqdm
+
+                return tqdm(loader, total=len(loader), desc=f"evaluating {label}", unit="batch", dynamic_ncols=True,
+                            leave=False)
+            if self.enabled and announce:
+                print(f"evaluating {label} ({plural(len(loader), 'batch')})", flush=True)
+            return iter(loader)
+
+        return wrap
+
     def interval(self, record: dict[str, Any]) -> None:
         """The numbers of the last ``log_interval`` iterations, as a line when there is no bar."""
         if self.plain_steps:
@@ -74,6 +96,8 @@ class Progress:
         for split in ("val", "test"):
             if f"{split}_error" in metrics:
                 parts.append(f"{split} loss {metrics[f'{split}_loss']:.4f} err {100 * metrics[f'{split}_error']:.2f}%")
+        if "test_error_views" in metrics:
+            parts.append(f"test with views err {100 * metrics['test_error_views']:.2f}%")
         parts.append(f"lr {metrics['lr']:.4g} {metrics['img_per_s']:.0f} img/s {metrics['epoch_seconds']:.1f}s")
         print(" | ".join(parts), flush=True)
 

@@ -55,6 +55,8 @@ def train_seeds(config: TrainConfig, seeds: Sequence[int], callbacks: Sequence[A
 
 
 def read_seeds(out: Path) -> tuple[TrainConfig, list[int]]:
-    """The config and seeds of a folder started by :func:`train_seeds`."""
+    """The config and seeds of a folder started by :func:`train_seeds`, its ``out`` set to
+    ``out`` (where the folder is now)."""
     data = json.loads((Path(out) / SEEDS_FILE).read_text())
-    return TrainConfig.from_dict(data["config"], str(Path(out) / SEEDS_FILE)), list(data["seeds"])
+    config = TrainConfig.from_dict({**data["config"], "out": str(out)}, str(Path(out) / SEEDS_FILE))
+    return config, list(data["seeds"])

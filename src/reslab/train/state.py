@@ -93,7 +93,8 @@ def write_config(out: Path, config: TrainConfig, env: dict[str, Any]) -> None:
 
 
 def read_config(out: Path) -> TrainConfig:
-    """The config a run folder was started with."""
+    """The config a run folder was started with, its ``out`` set to ``out``: the folder where
+    the run is now (it may have been moved or copied since; the saved ``out`` may be relative)."""
     path = Path(out) / CONFIG_FILE
     try:
         data = json.loads(path.read_text())
@@ -101,7 +102,7 @@ def read_config(out: Path) -> TrainConfig:
         raise TrainingError(f"{out} holds no {CONFIG_FILE}; is it a folder written by `reslab train`?") from None
     except (OSError, ValueError) as exc:
         raise TrainingError(f"{path} is unreadable ({exc})") from None
-    return TrainConfig.from_dict(data["config"], str(path))
+    return TrainConfig.from_dict({**data["config"], "out": str(out)}, str(path))
 
 
 # ------------------------------------------------------------------------------------------

@@ -11,10 +11,12 @@ SIGINT/SIGTERM finish the current step and save a checkpoint; a run resumed from
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -36,9 +38,9 @@ from reslab.train import distributed
 from reslab.train.batchnorm import use_ghost_batch_norm, use_moment_batch_norm
 from reslab.train.config import TrainConfig
 from reslab.train.distributed import DistributedEnv
-from reslab.train.extras import ModelEma, check_tta_translate, mix_batch, mixed_loss, tta_logits
+from reslab.train.extras import ModelEma, check_tta_translate, mix_batch, mixed_loss, tta_logits, views_label
 from reslab.train.memory import keep_freed_memory
-from reslab.train.progress import METRICS_FILE, STEPS_FILE, Progress, RunLog
+from reslab.train.progress import METRICS_FILE, STEPS_FILE, Progress, RunLog, plural
 from reslab.train.schedules import scale_lr, weighted_depth
 from reslab.train.state import (CHECKPOINT_FILE, CONFIG_FILE, RESULT_FILE, environment, load_training_state,
                                 save_training_state, set_rng_state, write_config, write_json)
@@ -94,6 +96,8 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
         return result
     log = RunLog(out, env.is_main, config.tensorboard)  # first: a missing tensorboard fails at once
     data = _load_data(config, env, device)
+    if state is not None:
+        _check_same_classes(json.loads(state["card"]).get("class_names"), data["classes"], config.data)
     precision, precision_note = resolve_precision(config.precision, device)
 
     # Model: the same seed on every rank gives the same initial weights (and, with stochastic
@@ -143,12 +147,12 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
     with _writing(out, run, out / METRICS_FILE):
         log.start(run.iteration if state is not None else None)
     show.message(f"{config.model}: {sum(p.numel() for p in raw.parameters()):,} parameters, {depth} layers; "
-                 f"{device} ({run_environment['device_name']}), {torch.get_num_threads()} threads x {env.world_size} "
-                 f"process(es), {precision}{' autocast' if precision == 'bf16' else ''}, "
+                 f"{device} ({run_environment['device_name']}), {plural(torch.get_num_threads(), 'thread')} x "
+                 f"{plural(env.world_size, 'process')}, {precision}{' autocast' if precision == 'bf16' else ''}, "
                  f"{'channels_last' if config.channels_last else 'NCHW'}")
     show.message(data["summary"])
     show.message(f"{'resuming at' if state is not None else 'run:'} iteration {run.iteration} of {total} "
-                 f"({total_epochs} epochs of {per_epoch} iterations of {config.batch_size} images); recipe {config.recipe or 'none'}")
+                 f"({plural(total_epochs, 'epoch')} of {plural(per_epoch, 'iteration')} of {plural(config.batch_size, 'image')}); recipe {config.recipe or 'none'}")
     for line in (precision_note, scaling_note, describe_groups(optimizer.param_groups), "lr: " + schedule.describe(), compile_note):
         if line:
             show.message(line)
@@ -165,10 +169,12 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
     if frozen:
         show.message(f"frozen stem: the first convolution ({frozen:,} weights) is not trained")
     if ghost_layers:
-        show.message(f"ghost batch norm: {ghost_layers} BN layers take their training statistics per group of "
+        show.message(f"ghost batch norm: {plural(ghost_layers, 'BN layer')} take their training statistics per group of "
                      f"{config.ghost_batch} images")
     if ema is not None:
         show.message(f"evaluating an EMA of the weights (decay {config.ema_decay} per step; BN statistics averaged too)")
+    if config.lr == 0 and env.is_main:
+        print("warning: the learning rate is 0: the weights will not change (batch-norm statistics will)", file=sys.stderr)
     if state is not None:
         set_rng_state(state["rng"])  # last: building the model above drew random numbers
 
@@ -264,12 +270,9 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
                     distributed.average_buffers(module, env)
             if last or (config.eval_interval and (epoch + 1) % config.eval_interval == 0):
                 started = time.perf_counter()
+                show.close()  # the epoch's bar, so that the evaluation shows its own progress
                 evaluated = ema.module if ema is not None else raw
-                for split in ("val", "test"):
-                    if split in data:
-                        metrics[f"{split}_loss"], metrics[f"{split}_error"] = evaluate(
-                            evaluated, data[split], autocast, env, flip=config.tta_flip, translate=config.tta_translate)
-                metrics["test_accuracy"] = 1.0 - metrics["test_error"]
+                metrics.update(evaluate_splits(evaluated, data, config, autocast, env, show, final=last))
                 metrics["eval_seconds"] = time.perf_counter() - started
                 model.train()
             metrics["wall_seconds"] = time.perf_counter() - wall_start
@@ -321,15 +324,35 @@ def describe_groups(groups: Sequence[dict]) -> str:
         f"weight decay {g['weight_decay']:g}" for g in groups)
 
 
+def evaluate_splits(model: nn.Module, data: dict[str, Any], config: TrainConfig, autocast, env: DistributedEnv,
+                    show: Progress, *, final: bool) -> dict[str, float]:
+    """The metrics of an evaluation: loss and error of each split, single view (cheap, for the
+    curves); after the last epoch (``final``) also the test set with the run's test-time views
+    (``test_*_views``), when it has any."""
+    metrics: dict[str, float] = {}
+    for split in ("val", "test"):
+        if split in data:
+            metrics[f"{split}_loss"], metrics[f"{split}_error"] = evaluate(
+                model, data[split], autocast, env, progress=show.evaluation(f"{split}: single view"))
+    metrics["test_accuracy"] = 1.0 - metrics["test_error"]
+    if final and (config.tta_flip or config.tta_translate):
+        views = views_label(config.tta_flip, config.tta_translate)
+        loss, error = evaluate(model, data["test"], autocast, env, flip=config.tta_flip, translate=config.tta_translate,
+                               progress=show.evaluation(f"test: {views}", announce=True))
+        metrics.update(test_loss_views=loss, test_error_views=error, test_accuracy_views=1.0 - error)
+    return metrics
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, autocast, env: DistributedEnv, *, flip: bool = False,
-             translate: int = 0) -> tuple[float, float]:
+             translate: int = 0, progress=iter) -> tuple[float, float]:
     """(mean cross-entropy, error) of ``model`` in eval mode over ``loader``, summed over the
     ranks' shards; ``flip`` and ``translate`` add test-time views (:func:`tta_logits`). It runs
-    a copy with BN folded into the convolutions where it can (:func:`folded_for_evaluation`)."""
+    a copy with BN folded into the convolutions where it can (:func:`folded_for_evaluation`).
+    ``progress`` wraps the batches (a bar, :meth:`Progress.evaluation`)."""
     model = folded_for_evaluation(model)
     sums = torch.zeros(3, dtype=torch.float64)
-    for images, labels in loader:
+    for images, labels in progress(loader):
         with autocast():
             logits = tta_logits(model, images, flip=flip, translate=translate)
         sums += torch.tensor([F.cross_entropy(logits, labels, reduction="sum").item(),
@@ -558,11 +581,17 @@ def _load_data(config: TrainConfig, env: DistributedEnv, device: torch.device) -
     if env.is_main:
         distributed.barrier(env)
     # Subset and validation split use a fixed seed: every seed of a run trains on the same images.
+    if train_set.num_classes < 2:
+        raise DataError(f"{config.data} has {plural(train_set.num_classes, 'class')} ({', '.join(train_set.classes)}): "
+                        "a classifier needs at least 2, one folder each under train/ and test/")
     if config.train_subset:
         train_set = balanced_subset(train_set, config.train_subset, seed=0)
     sets = {"train": train_set, "test": test_set}
     if config.val:
         sets["train"], sets["val"] = split_validation(train_set, config.val, seed=0)
+    for split in ("val", "test"):  # a fixed subset (seed 0): every epoch and every seed sees the same images
+        if config.eval_subset and split in sets and config.eval_subset < len(sets[split]):
+            sets[split] = balanced_subset(sets[split], config.eval_subset, seed=0)
     mean, std = channel_stats(sets["train"])
     common = dict(mean=mean, std=std, device=device, rank=env.rank, world_size=env.world_size,
                   channels_last=config.channels_last)
@@ -579,16 +608,24 @@ def _load_data(config: TrainConfig, env: DistributedEnv, device: torch.device) -
         if split in sets:
             loaders[split] = BatchLoader(sets[split], config.eval_batch_size * env.world_size, train=False, **common)
     sizes = ", ".join(f"{len(s):,} {name}" for name, s in sets.items())
-    summary = (f"data: {sizes} images from {config.data}, {train_set.num_classes} classes; "
+    summary = (f"data: {sizes} images from {config.data}, {plural(train_set.num_classes, 'class')}; "
                f"mean {tuple(round(m, 4) for m in mean)} std {tuple(round(s, 4) for s in std)}")
     return {**loaders, "train_images": sets["train"].images, "classes": train_set.classes, "mean": mean, "std": std,
             "input_size": train_set.image_size[0], "summary": summary}
 
 
+def _check_same_classes(saved: Optional[list[str]], found: list[str], data: str) -> None:
+    """A resumed run must see the classes it started with (``--data`` may point elsewhere now)."""
+    if saved is not None and list(saved) != list(found):
+        raise DataError(f"{data} has other classes than the run was trained on ({', '.join(found[:4])}... against "
+                        f"{', '.join(saved[:4])}...); pass --data with the run's data set")
+
+
 def _result(config: TrainConfig, metrics: dict[str, Any], best: Optional[dict], has_val: bool) -> dict[str, Any]:
     """The final result: the last epoch's test numbers are the reported ones; the best epoch is
     chosen on validation error, or, without a validation split, on test error (optimistic)."""
-    result = {"model": config.model, "recipe": config.recipe, "seed": config.seed, **metrics}
+    result = {"model": config.model, "recipe": config.recipe, "seed": config.seed,
+              "views": views_label(config.tta_flip, config.tta_translate), **metrics}
     if best is not None and has_val:
         result["best"] = {"epoch": best["epoch"], "val_error": best["val_error"], "test_error": best["test_error"]}
     elif best is not None:
