@@ -27,8 +27,8 @@ import torch
 from reslab.checkpoint import CARD_KEY, atomic_write_bytes, load_weights, read_checkpoint
 from reslab.complexity import count_parameters
 from reslab.errors import ReslabError
-from reslab.pretrained import (PACKAGE_WEIGHTS_DIR, load_pretrained, manifest, measure, pretrained_names,
-                               read_manifest, sha256_of, write_manifest)
+from reslab.pretrained import (PACKAGE_WEIGHTS_DIR, describe_machine, load_pretrained, manifest, measure,
+                               pretrained_names, read_manifest, sha256_of, write_manifest)
 from reslab.registry import _natural_key
 
 DATA = "../shared/datasets/cifar10"
@@ -99,12 +99,13 @@ def read_run(run: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any],
 
 
 def config_differences(config: dict[str, Any]) -> list[str]:
-    """The training values of ``config`` that differ from what the zoo command gives."""
+    """The training values of ``config`` that differ from what the zoo command gives with this
+    code (fields that the run's reslab did not have yet are left out)."""
     from reslab.train.config import TrainConfig
 
     expected = TrainConfig.from_recipe(ZOO_RECIPE, model=config["model"], seed=config["seed"], **ZOO_VALUES).to_dict()
-    return [f"{key}={config.get(key)!r} (zoo: {value!r})" for key, value in expected.items()
-            if key not in PLACE_FIELDS and config.get(key) != value]
+    return [f"{key}={config[key]!r} (zoo: {value!r})" for key, value in expected.items()
+            if key not in PLACE_FIELDS and key in config and config[key] != value]
 
 
 def store_weights(source: Path, destination: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -203,10 +204,8 @@ def table_rows(entries: dict[str, dict[str, Any]]) -> list[list[str]]:
     for name in sorted(entries, key=_natural_key):
         card = entries[name]["card"]
         paper, akamaster, chenyaofo = REFERENCE_ERRORS.get(card["model"], (None, None, None))
-        figures, machine = card["metrics"], card["machine"]
-        time = (f"{card['train_seconds'] / 60:.0f} min, {machine['device_name']} ({machine['cpu_count']} cores, "
-                f"{machine['precision']})" if machine.get("device") == "cpu" else
-                f"{card['train_seconds'] / 60:.0f} min, {machine['device_name']} ({machine['precision']})")
+        figures = card["metrics"]
+        time = f"{card['train_seconds'] / 60:.0f} min, {describe_machine(card['machine'])}"
         rows.append([name, _error(paper), _error(akamaster), _error(chenyaofo),
                      _error(100 - figures["accuracy_pct"]), _error(100 - figures["accuracy_flip_pct"]),
                      f"{card['epochs']:g}", time])
@@ -215,10 +214,11 @@ def table_rows(entries: dict[str, dict[str, Any]]) -> list[list[str]]:
 
 def table(entries: dict[str, dict[str, Any]]) -> str:
     """The README's reproduction table (markdown), CIFAR-10 test error in %."""
+    from reslab.zoo_table import format_table
+
     header = ["model", "paper", "akamaster", "chenyaofo", "reslab (single view)", "reslab (flips)", "epochs",
               "training time and machine"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(entries)]
+    lines = [format_table(header, table_rows(entries), markdown=True)]
     missing = [m for m in REFERENCE_ERRORS if m not in entries]
     if missing:
         lines += ["", "Not shipped yet (to train on a GPU): " + ", ".join(missing) + "."]

@@ -183,7 +183,8 @@ def resolve_checkpoint_path(path: PathLike) -> Path:
             raise CheckpointError(f"{path} is a folder without {MODEL_FILE}; pass a model file or a folder written by `reslab train`")
         return candidate
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; pass a .safetensors file or a run folder written by `reslab train`")
+        raise CheckpointError(f"no checkpoint at {path}; pass a .safetensors file, a run folder written by `reslab train`, "
+                              "or a model name with trained weights (`reslab models --pretrained`)")
     return path
 
 
