@@ -11,7 +11,8 @@ A generated section sits between two markers in a Markdown file:
 
 Sections: ``families`` (the zoo, one row per family, from the registry), ``zoo`` (every model
 with its parameters and MACs, computed on PyTorch's meta device: about 15 s), ``recipes`` (the
-training recipes, from ``reslab.train.config.RECIPES``). ``tests/test_docs_tables.py`` checks the
+training recipes, from ``reslab.train.config.RECIPES``), ``reproduction`` (the shipped weights'
+test errors beside the papers', from the weights' manifest). ``tests/test_docs_tables.py`` checks the
 README's sections; CI runs ``--check`` over every file.
 """
 
@@ -140,6 +141,16 @@ def families_table() -> str:
     return "\n".join(lines)
 
 
+def reproduction_table() -> str:
+    """The shipped weights' errors beside the papers' (``python benchmarks/train_zoo.py table``)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import train_zoo
+
+    from reslab.pretrained import manifest
+
+    return train_zoo.table(manifest())
+
+
 def zoo_table() -> str:
     """Every registered model with its parameters and MACs (``reslab models --format markdown``)."""
     from reslab.zoo_table import format_rows, zoo_rows
@@ -147,7 +158,8 @@ def zoo_table() -> str:
     return format_rows(zoo_rows(), markdown=True)
 
 
-GENERATORS: dict[str, Callable[[], str]] = {"families": families_table, "zoo": zoo_table, "recipes": recipes_table}
+GENERATORS: dict[str, Callable[[], str]] = {"families": families_table, "zoo": zoo_table, "recipes": recipes_table,
+                                             "reproduction": reproduction_table}
 
 
 def sections(text: str) -> list[str]:
