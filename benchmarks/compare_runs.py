@@ -8,7 +8,7 @@ written by ``reslab eval RUN --out RUN/eval``, when present), and the training e
 first run's, epoch by epoch. Wall times of runs made hours apart on a machine that drifts are
 best compared through the ratios within each run (small-crop epoch / full-size epoch).
 
-    python benchmarks/compare_runs.py results/fast25_icelake_seed0 results/fast25_icelake_crop16of25_seed0
+    python benchmarks/compare_runs.py experiments/fast-recipe/runs/icelake_seed0 experiments/fast-recipe/runs/icelake_crop16of25_seed0
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""benchmarks/compare_runs.py: the per-phase epoch times and training-error differences the
-README's recipe comparisons quote, read from run folders."""
+"""benchmarks/compare_runs.py: the per-phase epoch times and training-error differences that
+experiments/fast-recipe quotes, read from run folders."""
 
 from __future__ import annotations
 

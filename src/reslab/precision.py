@@ -7,8 +7,8 @@ pays where the hardware computes in it: NVIDIA GPUs from Ampere on, and x86 CPUs
 AVX512-BF16 or AMX-BF16 instructions (Intel Cooper Lake and Sapphire Rapids on, AMD Zen 4 on).
 Elsewhere PyTorch's CPU kernels convert bf16 to float32 and back around every operation: on an
 Ice Lake Xeon (AVX-512, no bf16 instructions) a ResNet-20 training step under bf16 autocast ran
-slower than in float32, and on a Xeon with AMX-bf16 several times faster (README, "Precision",
-``benchmarks/bench_table.py``).
+slower than in float32, and on a Xeon with AMX-bf16 several times faster
+(``experiments/precision-per-cpu``, ``benchmarks/bench_table.py``).
 
 ``auto`` decides from the CPU's feature flags (``/proc/cpuinfo``) or the GPU's compute
 capability; ``bf16`` and ``fp32`` force a precision. Every command that runs a model takes

@@ -17,7 +17,7 @@ statistics equal ``nn.BatchNorm2d``'s to rounding; the parameters and buffers ar
 state dicts do not change. ``reslab train --compile --moment-bn`` (on in the ``fast`` recipe)
 uses it in the compiled step, where it is faster (``python benchmarks/train_step.py
 --batchnorm``: median 1.07x); in eager mode PyTorch's own kernel is faster. Seven 24-epoch
-ResNet-20 runs with it matched the runs without it (see the README).
+ResNet-20 runs with it matched the runs without it (``experiments/batchnorm-kernels``).
 
 Ghost batch norm (Hoffer, Hubara & Soudry 2017, "Train longer, generalize better", Sec. 4.1,
 Algorithm 1): with ``ghost_batch`` set, each group of that many consecutive images of a
