@@ -218,11 +218,12 @@ def table(entries: dict[str, dict[str, Any]]) -> str:
 
     header = ["model", "paper", "akamaster", "chenyaofo", "reslab (single view)", "reslab (flips)", "epochs",
               "training time and machine"]
-    lines = [format_table(header, table_rows(entries), markdown=True)]
+    rows = table_rows(entries)
+    lines = [format_table(header, rows, markdown=True)] if rows else []
     missing = [m for m in REFERENCE_ERRORS if m not in entries]
     if missing:
-        lines += ["", "Not shipped yet (to train on a GPU): " + ", ".join(missing) + "."]
-    return "\n".join(lines)
+        lines += ["Not shipped yet (to train on a GPU): " + ", ".join(missing) + "."]
+    return "\n\n".join(lines)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -103,7 +103,7 @@ def test_pickle_disguised_as_safetensors_is_refused(tmp_path):
     marker = tmp_path / "code-ran"
     disguised = tmp_path / "evil.safetensors"
     disguised.write_bytes(pickle.dumps(WritesMarker(marker)))
-    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+    with pytest.raises(CheckpointError, match="is a torch checkpoint, not a safetensors file"):
         load_model(disguised)
     assert not marker.exists()
 
@@ -196,3 +196,37 @@ def test_cli_reports_bad_checkpoints_in_one_line(tmp_path, image, capsys, case):
         assert err.count("\n") == 1 and err.startswith(f"reslab {argv[0]}: error: ")
         assert "Traceback" not in err
     assert not (tmp_path / "code-ran").exists()
+
+
+def test_load_model_returns_the_model_and_the_card_on_request(tmp_path):
+    """The README says load_model rebuilds the model; it returned (model, card)."""
+    path = tmp_path / "model.safetensors"
+    _, card = save_resnet20(path)
+    model = load_model(path)
+    assert isinstance(model, nn.Module) and not model.training
+    model, loaded = load_model(path, with_card=True)
+    assert isinstance(model, nn.Module) and loaded == card
+    assert reslab.checkpoint.load_card(tmp_path) == card
+
+
+def test_load_weights_takes_a_path_as_well_as_a_state_dict(tmp_path):
+    """A path string was iterated over as keys: 'unexpected keys: r, u, n, s, /'."""
+    path = tmp_path / "model.safetensors"
+    original, _ = save_resnet20(path)
+    for source in (str(path), path, tmp_path, original.state_dict()):
+        model = load_weights(create_model("resnet20"), source).eval()
+        assert all(torch.equal(v, original.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(CheckpointError, match=r"no checkpoint at"):
+        load_weights(create_model("resnet20"), str(tmp_path / "absent.safetensors"))
+    with pytest.raises(TypeError, match=r"state dict or a checkpoint path, not list"):
+        load_weights(create_model("resnet20"), ["conv1.weight"])
+
+
+def test_a_torch_checkpoint_renamed_safetensors_is_named_as_one(tmp_path, capsys):
+    """It was called 'not a readable safetensors file ... it may be truncated'."""
+    path = tmp_path / "model.safetensors"
+    torch.save(create_model("resnet20").state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"is a torch checkpoint, not a safetensors file .*rename it to \.pt"):
+        read_checkpoint(path)
+    assert main(["export", str(path), "--format", "state-dict", "--out", str(tmp_path / "x.pth")]) == 1
+    assert "is a torch checkpoint" in capsys.readouterr().err

@@ -181,3 +181,78 @@ def test_every_command_that_writes_refuses_to_overwrite_without_overwrite(tmp_pa
         assert main([*argv, "--out", str(file_out)]) == 1
         assert "is a file, not a folder" in capsys.readouterr().err
     assert (folder / "keep.json").read_text() == '{"experiment": "x"}'
+
+
+def test_eval_says_which_views_it_used_and_offers_the_runs_own(tiny_cifar, tmp_path, capsys):
+    """Training reported accuracy with test-time views, eval with one view, and nothing said why."""
+    import json
+
+    from reslab import create_model
+    from reslab.checkpoint import make_card, save_model
+
+    model = create_model("resnet20")
+    classes = sorted(p.name for p in (tiny_cifar / "test").iterdir())
+    ckpt = tmp_path / "run" / "model.safetensors"
+    ckpt.parent.mkdir()
+    save_model(ckpt, model, make_card("resnet20", model, class_names=classes,
+                                      config={"tta_flip": True, "tta_translate": 1}))
+    data = ["--data", str(tiny_cifar), "--images", "10", "--fp32"]
+    assert main(["eval", str(ckpt), *data, "--out", str(tmp_path / "single")]) == 0
+    out = capsys.readouterr().out
+    assert "(test, single view)" in out and "`--views run`" in out
+    assert "mirror images + 1-pixel shifts" in out
+    assert main(["eval", str(ckpt), *data, "--views", "run", "--out", str(tmp_path / "run_views")]) == 0
+    out = capsys.readouterr().out
+    assert "(test, views: mirror images + 1-pixel shifts)" in out and "note:" not in out
+    table = json.loads((tmp_path / "run_views" / "eval.json").read_text())
+    assert table["tta_flip"] is True and table["tta_translate"] == 1
+    assert table["views"] == "views: mirror images + 1-pixel shifts"
+    assert main(["eval", str(ckpt), *data, "--views", "run", "--tta-flip", "--out", str(tmp_path / "both")]) == 1
+    assert "--views run takes the run's own views" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, suggestion", [
+    (["trian"], "invalid choice: 'trian'; did you mean 'train'?"),
+    (["export", "m.safetensors", "--format", "onx"], "did you mean 'onnx'?"),
+    (["eval", "m.safetensors", "--data", "d", "--overwirte"], "unrecognized arguments: --overwirte; did you mean --overwrite?"),
+])
+def test_a_mistyped_command_choice_or_flag_suggests_the_closest(capsys, argv, suggestion):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and suggestion in err[0], err
+
+
+def test_a_closed_pipe_is_a_normal_end(monkeypatch, capsys):
+    """`reslab models | head -5` ended with "error: [Errno 32] Broken pipe" and status 1."""
+    process = subprocess.Popen([sys.executable, "-m", "reslab", "models", "resnet*"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before the first line is written
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 0 and err == "", err
+
+    class ClosedPipe:  # in this process: help, and a command's output, into a closed pipe
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["models", "resnet20"]) == 0
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0 and capsys.readouterr().err == ""
+
+
+def test_an_os_error_is_named_by_path_and_reason_without_its_errno(monkeypatch, capsys):
+    import reslab.commands.models as models_command
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "/data/cifar")
+
+    monkeypatch.setattr(models_command, "run", denied)
+    monkeypatch.delenv("RESLAB_DEBUG", raising=False)
+    assert main(["models"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "reslab models: error: /data/cifar: permission denied; check its permissions or choose another path"

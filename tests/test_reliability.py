@@ -349,7 +349,7 @@ def test_every_command_refuses_a_checkpoint_that_would_run_code(tmp_path, capsys
     run.mkdir()
     evil = evil_checkpoint(run, form, marker)
     (run / "config.json").write_text(json.dumps({"config": {"model": "resnet20", "data": "x", "out": str(run)}}))
-    expected = "not a readable safetensors file" if evil.suffix == ".safetensors" else "refusing to load"
+    expected = "is a torch checkpoint, not a safetensors file" if evil.suffix == ".safetensors" else "refusing to load"
     for name, argv in checkpoint_commands(evil, good, image, tiny_cifar, tmp_path / "out").items():
         error = cli_error(capsys, argv)
         assert expected in error and str(evil) in error, (name, error)
@@ -375,3 +375,43 @@ def test_asking_for_cuda_without_it_is_a_one_line_error_in_every_command_that_ru
                  ["train", "resnet20", "--data", str(tiny_cifar), "--out", str(tmp_path / "run")]):
         error = cli_error(capsys, [*argv, "--device", "cuda"])
         assert "CUDA" in error and "--device cpu" in error, error
+
+
+# ------------------------------------------------------------------------------------------
+# Inputs a new user gives by mistake (issue 28): each is one line that says what to do.
+
+
+def test_a_validation_split_as_large_as_the_training_set_is_a_one_line_error(tiny_cifar, tmp_path, capsys):
+    """It failed later with "no images to compute channel statistics of"."""
+    error = cli_error(capsys, ["train", "resnet20", "--data", str(tiny_cifar), "--out", str(tmp_path / "run"),
+                               "--val", "200", "--epochs", "1"])  # tiny_cifar has 200 training images
+    assert "a validation split of 200 images leaves none of its 200 training images" in error, error
+    assert "hold out fewer" in error
+
+
+def test_a_validation_split_that_empties_a_class_names_it():
+    from reslab.data import ImageDataset, split_validation
+    from reslab.errors import DataError
+
+    images = torch.zeros(5, 4, 4, 3, dtype=torch.uint8)
+    dataset = ImageDataset(images, torch.tensor([0, 0, 0, 1, 1]), ["three", "two"], "five images")
+    train, val = split_validation(dataset, 2)
+    assert train.class_counts() == [2, 1] and val.class_counts() == [1, 1]
+    with pytest.raises(DataError, match=r"leaves class 'two' no training images"):
+        split_validation(dataset, 4)
+
+
+def test_a_cache_folder_that_cannot_be_written_is_one_warning_line(trusted, tiny_cifar, tmp_path, capsys, monkeypatch):
+    """It printed a Python UserWarning: file, line number, category and the source line."""
+    good, _ = trusted
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("RESLAB_CACHE", str(blocked))
+    capsys.readouterr()
+    assert main(["eval", str(good), "--data", str(tiny_cifar), "--images", "10", "--out", str(tmp_path / "out")]) == 0
+    lines = [line.rsplit("\r", 1)[-1] for line in capsys.readouterr().err.splitlines()]
+    lines = [line for line in lines if line.strip() and not line.startswith("decoding ")]
+    assert lines, "no warning"
+    for line in lines:
+        assert line.startswith("reslab eval: warning: could not write the data set cache in "), line
+        assert "Set RESLAB_CACHE to a writable folder" in line and "Errno" not in line and "UserWarning" not in line

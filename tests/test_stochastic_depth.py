@@ -163,3 +163,22 @@ def test_dropped_preactivation_unit_skips_its_bn_relu():
     downsampling.branch_enabled = False
     out = downsampling(torch.randn(2, downsampling.preact[0].num_features, 32, 32))
     assert out.shape[1] == downsampling.downsample[0].out_channels  # the projection still runs
+
+
+@pytest.mark.parametrize("scaling", ["paper", "inverted"])
+def test_batch_mode_traced_with_torch_fx_draws_anew_on_every_training_pass(scaling):
+    """torch.fx (and torchvision's create_feature_extractor) froze the per-batch drop decision at
+    trace time: one output over 50 training passes. The traced graph must draw on every call, at
+    the same rate as the eager model, and stay exact in eval mode."""
+    torch.manual_seed(0)
+    model = create_model("resnet20", stochastic_depth=0.5, drop_scaling=scaling).train()
+    traced = torch.fx.symbolic_trace(model)
+    assert any(node.target is torch.rand_like for node in traced.graph.nodes)  # the draw is in the graph
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        outputs = {tuple(traced(x).flatten().tolist()) for _ in range(50)}
+    assert len(outputs) > 10  # 9 blocks, p_l from 0.94 to 0.5: 50 passes give many patterns
+    model.eval()
+    traced_eval = torch.fx.symbolic_trace(model)
+    with torch.no_grad():
+        assert torch.allclose(traced_eval(x), model(x), atol=1e-6)

@@ -196,6 +196,9 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], Optional[ModelCa
     """
     path = resolve_checkpoint_path(path)
     if is_safetensors(path):
+        if path.suffix == ".safetensors" and is_torch_file(path):
+            raise CheckpointError(f"{path} is a torch checkpoint, not a safetensors file as its name says; "
+                                  "rename it to .pt and pass that")
         from safetensors import SafetensorError, safe_open
 
         try:
@@ -219,9 +222,7 @@ def load_torch_file(path: PathLike) -> Any:
     """``torch.load(weights_only=True)`` on the CPU: tensors and plain containers only. A file
     holding other pickled objects (which could run code) is refused with a CheckpointError, and
     a file that is neither of torch's formats (a zip archive, or a pickle) is named as such."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+    if not is_torch_file(path):
         raise CheckpointError(f"{path} is not a model file (neither safetensors nor a torch checkpoint); pass a "
                               ".safetensors or .pt file, or a run folder written by `reslab train`")
     try:
@@ -235,6 +236,13 @@ def load_torch_file(path: PathLike) -> Any:
                 f"({refused[:160]}). Load only files you trust, or convert them to safetensors") from None
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {lines[0][:160]}); "
                               "it may be truncated") from None
+
+
+def is_torch_file(path: PathLike) -> bool:
+    """Whether ``path`` starts as one of torch.save's formats does: a zip archive or a pickle."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
 
 
 def is_safetensors(path: Path) -> bool:

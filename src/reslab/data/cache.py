@@ -96,7 +96,8 @@ def write_entry(folder: Path, dataset: ImageDataset) -> None:
         atomic_write_bytes(folder / LABELS_FILE, _npy_bytes(labels))
         atomic_write_bytes(folder / CARD_FILE, json.dumps(card, indent=1).encode())
     except OSError as exc:
-        warnings.warn(f"could not write the data set cache in {folder} ({exc}); the data set will be decoded "
+        reason = (exc.strerror or str(exc)).lower() + (f": {exc.filename}" if exc.filename else "")
+        warnings.warn(f"could not write the data set cache in {folder} ({reason}); the data set will be decoded "
                       "again next time. Set RESLAB_CACHE to a writable folder", stacklevel=3)
 
 

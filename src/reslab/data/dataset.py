@@ -100,10 +100,18 @@ def split_validation(dataset: ImageDataset, n_val: int, seed: int = 0) -> tuple[
     He et al. (2016) Sec. 4.2 train on 45k and validate on 5k of CIFAR-10's 50k training images:
     ``split_validation(train, 5000)``. The two parts are disjoint and together cover ``dataset``.
     """
+    if n_val >= len(dataset):
+        raise DataError(f"{dataset.source or 'data set'}: a validation split of {n_val} images leaves none of its "
+                        f"{len(dataset)} training images to train on; hold out fewer (He et al. 2016: 5000 of 50000)")
     val = balanced_indices(dataset.labels, n_val, dataset.classes, seed, dataset.source)
     keep = torch.ones(len(dataset), dtype=torch.bool)
     keep[val] = False
-    return dataset.subset(keep.nonzero().squeeze(1)), dataset.subset(val)
+    train = dataset.subset(keep.nonzero().squeeze(1))
+    emptied = [name for name, count in zip(dataset.classes, train.class_counts()) if count == 0]
+    if emptied:
+        raise DataError(f"{dataset.source or 'data set'}: a validation split of {n_val} images leaves class "
+                        f"{emptied[0]!r} no training images; hold out fewer")
+    return train, dataset.subset(val)
 
 
 def channel_stats(dataset: ImageDataset, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -59,9 +59,11 @@ class StochasticDepth(nn.Module):
         self.mode = mode
         self.scaling = scaling
 
-    def keep_batch(self) -> bool:
-        """Per-batch mode: draw whether this mini-batch computes the branch at all."""
-        if not self.training or self.mode != "batch" or self.survival >= 1.0:
+    def keep_batch(self, x: Optional[Tensor] = None) -> bool:
+        """Per-batch mode: draw whether this mini-batch (the block's input ``x``) computes the
+        branch at all. Under torch.fx tracing (``x`` a Proxy) a Python bool would freeze one draw
+        into the graph, so the branch is kept and :meth:`forward` draws in the graph instead."""
+        if not self.training or self.mode != "batch" or self.survival >= 1.0 or isinstance(x, torch.fx.Proxy):
             return True
         return bool(torch.rand(()) < self.survival)
 
@@ -75,6 +77,8 @@ class StochasticDepth(nn.Module):
             shape = [residual.shape[0]] + [1] * (residual.dim() - 1)
             keep = torch.empty(shape, dtype=residual.dtype, device=residual.device).bernoulli_(p)
             residual = residual * keep
+        elif isinstance(residual, torch.fx.Proxy):  # traced batch mode: one draw per call, a node of the graph
+            residual = residual * (torch.rand_like(residual.new_empty(())) < p).to(residual.dtype)
         return residual / p if self.scaling == "inverted" else residual
 
     def extra_repr(self) -> str:
@@ -171,7 +175,7 @@ class ResidualBlock(nn.Module):
         return identity if residual is None else identity + residual
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.branch_enabled or not self.drop_path.keep_batch():
+        if not self.branch_enabled or not self.drop_path.keep_batch(x):
             shortcut_in = self.shortcut_input(x)
             return self.merge(shortcut_in if self.downsample is None else self.downsample(shortcut_in), None)
         shortcut_in, branch_in = self.split(x)
