@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "docs"))
-import tables  # noqa: E402
+_spec = importlib.util.spec_from_file_location("reslab_docs_tables", REPO / "docs" / "tables.py")
+tables = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tables)
 
 README = REPO / "README.md"
 
