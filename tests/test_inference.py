@@ -441,3 +441,15 @@ def test_bench_cli_json(capsys):
     result = json.loads(out)
     assert status == 0 and result["baseline"]["setup"] == "eager fp32 NCHW" and result["measured"]["setup"] == "bf16 + NCHW"
     assert result["speedup"] == pytest.approx(result["measured"]["images_per_second"] / result["baseline"]["images_per_second"])
+
+
+def test_one_image_path_is_one_image_not_its_characters(checkpoint, cifar_pngs):
+    """A str where a list of paths is expected was iterated character by character."""
+    from reslab.inference.predict import predict_images
+
+    image = cifar_pngs[0]
+    assert find_images(str(image)) == [image] and find_images(image) == [image]
+    for given in (str(image), image):
+        predictions = list(Predictor.from_checkpoint(checkpoint).predict_files(given, top_k=1))
+        assert [p.path for p in predictions] == [str(image)] and predictions[0].error is None
+    assert [p.path for p in predict_images(checkpoint, str(image), top_k=1)] == [str(image)]

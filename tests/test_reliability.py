@@ -415,3 +415,18 @@ def test_a_cache_folder_that_cannot_be_written_is_one_warning_line(trusted, tiny
     for line in lines:
         assert line.startswith("reslab eval: warning: could not write the data set cache in "), line
         assert "Set RESLAB_CACHE to a writable folder" in line and "Errno" not in line and "UserWarning" not in line
+
+
+@pytest.mark.parametrize("absent, flags, names", [
+    (("onnx", "onnxruntime"), [], "onnx and onnxruntime"),
+    (("onnxruntime",), [], "onnxruntime"),
+    (("onnx",), ["--no-verify"], "onnx"),
+])
+def test_onnx_export_without_its_packages_names_the_pip_extra(trusted, tmp_path, capsys, monkeypatch, absent, flags, names):
+    """It said "try the default opset 17" (which it already was)."""
+    good, _ = trusted
+    for module in absent:
+        monkeypatch.setitem(sys.modules, module, None)  # `import onnx` now raises ImportError
+    error = cli_error(capsys, ["export", str(good), "--format", "onnx", "--out", str(tmp_path / "m.onnx"), *flags])
+    assert f"ONNX export needs {names}, not installed: pip install 'reslab[export]'" in error, error
+    assert not (tmp_path / "m.onnx").exists()

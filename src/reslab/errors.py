@@ -19,3 +19,7 @@ class CheckpointError(ReslabError, ValueError):
 
 class TrainingError(ReslabError, RuntimeError):
     """Training cannot go on (a non-finite loss, say); the message names the last good checkpoint."""
+
+
+class MissingDependencyError(ReslabError, ImportError):
+    """An optional package a feature needs is not installed; the message names the pip command."""

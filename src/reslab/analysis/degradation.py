@@ -115,6 +115,7 @@ def degradation_experiment(data: str, out: Union[str, Path], models: Sequence[st
     from reslab.train import TrainConfig
 
     out = Path(out)
+    models = [models] if isinstance(models, str) else list(models)  # one name, not its characters
     rows, status = [], {}
     for model in models:
         config = TrainConfig.from_recipe(recipe, model=model, data=str(data), out=str(out / model), **overrides)

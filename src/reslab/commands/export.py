@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from reslab.inference import export, interop
     from reslab.inference.fold import fold_bn
 
+    if args.format == "onnx":
+        export.require_onnx(verify=not args.no_verify)  # before any work, naming the pip command
     source = resolve_checkpoint_path(args.checkpoint)
     out = Path(args.out) if args.out else source.parent / (source.stem + FORMATS[args.format])
     if out.resolve() == source.resolve():

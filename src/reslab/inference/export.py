@@ -8,6 +8,7 @@ written atomically (see :mod:`reslab.checkpoint`).
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import warnings
@@ -20,9 +21,11 @@ import torch
 from torch import Tensor, nn
 
 from reslab.checkpoint import atomic_write_bytes
+from reslab.errors import MissingDependencyError
 
 PathLike = Union[str, os.PathLike]
 ONNX_OPSET = 17
+EXPORT_EXTRA = "pip install 'reslab[export]'"  # the optional packages of ONNX export: onnx, onnxruntime
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 VERIFY_BATCH_SIZES = (1, 3)
 TORCHSCRIPT_METHODS = ("script", "trace")
@@ -33,9 +36,24 @@ def _example_input(input_size: int, batch_size: int, seed: int = 0) -> Tensor:
     return torch.randn(batch_size, 3, input_size, input_size, generator=generator)
 
 
+def require_onnx(verify: bool = True) -> None:
+    """Raise MissingDependencyError, naming the pip command, unless ``onnx`` (and, to
+    ``verify``, ``onnxruntime``) can be imported; call it before any work."""
+    missing = []
+    for module in ("onnx", "onnxruntime") if verify else ("onnx",):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        skip = " (or --no-verify to skip the check)" if missing == ["onnxruntime"] else ""
+        raise MissingDependencyError(f"ONNX export needs {' and '.join(missing)}, not installed: {EXPORT_EXTRA}{skip}")
+
+
 def export_onnx(model: nn.Module, path: PathLike, input_size: int, opset: int = ONNX_OPSET) -> Path:
     """Write ``model`` (in eval mode, on the CPU) as ONNX with inputs ``images`` (N, 3, S, S)
     and outputs ``logits`` (N, classes), N dynamic."""
+    require_onnx(verify=False)
     model = model.cpu().eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the exporter's deprecation and constant-folding notices
@@ -104,7 +122,8 @@ def verify_onnx(path: PathLike, model: nn.Module, input_size: int,
     try:
         import onnxruntime
     except ImportError:
-        raise ImportError("verifying ONNX needs onnxruntime: pip install 'reslab[export]'") from None
+        raise MissingDependencyError(f"checking the ONNX file needs onnxruntime, not installed: {EXPORT_EXTRA} "
+                                     "(or pass --no-verify)") from None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def run(x: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from reslab.checkpoint import ModelCard, load_model
-from reslab.inference.preprocess import ImageReadError, Preprocess, find_images, load_image
+from reslab.inference.preprocess import ImageReadError, Preprocess, find_images, load_image, path_list
 
 
 def resolve_device(name: Optional[str] = None) -> torch.device:
@@ -83,15 +83,17 @@ class Predictor:
         return [[ClassScore(int(i), self.class_names[int(i)], float(p)) for p, i in zip(row_p, row_i)]
                 for row_p, row_i in zip(values, indices)]
 
-    def predict_files(self, paths: Sequence[Union[str, os.PathLike]], top_k: int = 5,
+    def predict_files(self, paths: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]], top_k: int = 5,
                       batch_size: int = 64) -> Iterator[Prediction]:
-        """Predictions in the order of ``paths``, ``batch_size`` images per forward pass.
+        """Predictions in the order of ``paths`` (one image file or several), ``batch_size``
+        images per forward pass.
 
         A file that cannot be decoded gives a :class:`Prediction` with ``error`` set; the
         others are still predicted.
         """
         if top_k < 1 or batch_size < 1:
             raise ValueError(f"top_k and batch_size must be positive, got {top_k} and {batch_size}")
+        paths = path_list(paths)
         for start in range(0, len(paths), batch_size):
             chunk = [str(p) for p in paths[start:start + batch_size]]
             decoded: dict[int, Tensor] = {}
@@ -106,7 +108,7 @@ class Predictor:
                 yield Prediction(path, error=errors[i]) if i in errors else Prediction(path, next(tops))
 
 
-def predict_images(checkpoint: Union[str, os.PathLike], images: Sequence[Union[str, os.PathLike]],
+def predict_images(checkpoint: Union[str, os.PathLike], images: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
                    top_k: int = 5, device: Optional[str] = None) -> list[Prediction]:
     """Top-k predictions of image files and folders (walked recursively) by a checkpoint."""
     predictor = Predictor.from_checkpoint(checkpoint, resolve_device(device))

@@ -45,15 +45,23 @@ def readable_extensions() -> set[str]:
     return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
-def find_images(inputs: Sequence[Union[str, os.PathLike]]) -> list[Path]:
-    """The image files named in ``inputs``: files as given, folders walked recursively.
+def path_list(paths: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]) -> list[Path]:
+    """``paths`` as a list of Paths: one path (str or Path) is a list of one, not of its characters."""
+    if isinstance(paths, (str, os.PathLike)):
+        return [Path(paths)]
+    return [Path(p) for p in paths]
+
+
+def find_images(inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]) -> list[Path]:
+    """The image files named in ``inputs`` (one path or several): files as given, folders
+    walked recursively.
 
     In folders only files with an image suffix are taken (hidden files and folders are
     skipped), in sorted order; a file named explicitly is taken whatever its suffix.
     """
     suffixes = readable_extensions()
     found: list[Path] = []
-    for item in map(Path, inputs):
+    for item in path_list(inputs):
         if item.is_dir():
             in_folder = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
                                and not any(part.startswith(".") for part in p.relative_to(item).parts))
