@@ -36,6 +36,10 @@ COMMANDS: dict[str, str] = {
     "responses": "reslab.commands.responses",
     "degradation": "reslab.commands.degradation",
     "sdepth": "reslab.commands.sdepth",
+    "landscape": "reslab.commands.landscape",
+    "shattered": "reslab.commands.shattered",
+    "curvature": "reslab.commands.curvature",
+    "similarity": "reslab.commands.similarity",
     "report": "reslab.commands.report",
 }
 

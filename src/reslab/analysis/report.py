@@ -6,6 +6,10 @@ that holds such a table or figures, shows the figures by relative links, and ren
 from its JSON: scalars as a two-column table, lists of records as tables (long lists of numbers
 are summarised), nested objects as sub-sections. Other JSON files (a training run's
 ``config.json``, say) are left out.
+
+An experiment's ``"claims"`` (records of claim, paper, reslab, holds) become its first table and
+are gathered, all experiments together, into a table at the top of the page; the keys it names in
+``"plotted"`` (grids and curves that its figures draw) are left out of its tables.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any, Union
 
 REPORT_FORMATS = ("md", "html")
 LIST_SHOWN = 8  # a list of more numbers than this is summarised in a table cell
+CLAIM_COLUMNS = ("claim", "paper", "reslab", "holds")  # an experiment's "claims": records with these keys
+CLAIMS_CAPTION = "claims: the paper against reslab"
 
 
 @dataclass
@@ -52,6 +58,7 @@ class Section:
     title: str
     figures: list[str] = field(default_factory=list)
     tables: list[tuple[str, Table]] = field(default_factory=list)  # (caption, table)
+    claims: list[dict] = field(default_factory=list)  # the records of its JSON's "claims" table
 
 
 def format_value(value: Any) -> str:
@@ -132,11 +139,36 @@ def gather(folder: Union[str, Path]) -> list[Section]:
                 continue
             if isinstance(data, dict) and "experiment" in data:
                 section.title = str(data.get("title") or section.title)
-                section.tables += [(caption or path.name, table) for caption, table in json_tables(data)]
+                claims, shown = data.get("claims"), without_keys(data, {"claims", "plotted", *data.get("plotted", ())})
+                if _is_records(claims):
+                    section.claims += claims
+                    section.tables.append((CLAIMS_CAPTION, claim_table(claims)))
+                section.tables += [(caption or path.name, table) for caption, table in json_tables(shown)]
         section.figures = [str(p.relative_to(root)) for p in sorted(directory.glob("*.png"))]
         if section.tables or section.figures:
             sections.append(section)
+    claimed = [s for s in sections if s.claims]
+    if claimed:  # every claim of the page in one table at the top
+        summary = Table(["experiment", *CLAIM_COLUMNS],
+                        [[s.title, *row] for s in claimed for row in claim_table(s.claims).rows])
+        sections.insert(0, Section(title="Claims: each paper against reslab", tables=[("every claim on this page", summary)]))
     return sections
+
+
+def claim_table(claims: list[dict]) -> Table:
+    """An experiment's claim table: the claim, the paper's figure or number, reslab's, and
+    whether the claim holds here (yes / no / - where one run cannot tell)."""
+    return Table(list(CLAIM_COLUMNS), [[format_value(c.get(k)) for k in CLAIM_COLUMNS] for c in claims])
+
+
+def without_keys(data: Any, keys: set) -> Any:
+    """``data`` without the entries named ``keys`` at any depth (the arrays an experiment lists
+    under ``"plotted"``: drawn in its figures, too long for a table)."""
+    if isinstance(data, dict):
+        return {k: without_keys(v, keys) for k, v in data.items() if k not in keys}
+    if isinstance(data, list):
+        return [without_keys(v, keys) for v in data]
+    return data
 
 
 def to_markdown(title: str, sections: list[Section]) -> str:
