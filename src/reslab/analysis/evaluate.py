@@ -51,8 +51,8 @@ def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
 def predict(model: nn.Module, batches: Sequence[Batch], *, bf16: bool = False, tta_flip: bool = False,
             tta_translate: int = 0) -> tuple[Tensor, Tensor]:
     """Predicted classes and true labels of every image of ``batches`` (eval mode); ``tta_flip``
-    and ``tta_translate`` average the logits of test-time views (:func:`reslab.train.extras.tta_logits`)."""
-    from reslab.train.extras import tta_logits
+    and ``tta_translate`` average the logits of test-time views (:func:`reslab.inference.views.tta_logits`)."""
+    from reslab.inference.views import tta_logits
 
     predictions, labels = [], []
     with evaluation_mode(model):
@@ -111,8 +111,10 @@ class Evaluation:
 
     def format(self) -> str:
         """The per-class table and the confusion matrix as plain text."""
+        from reslab.train.progress import plural
+
         width = max(8, *(len(n) for n in self.class_names))
-        lines = [f"{self.num_images} images, accuracy {100 * self.accuracy:.2f}% (error {self.error_pct:.2f}%)", "",
+        lines = [f"{plural(self.num_images, 'image')}, accuracy {100 * self.accuracy:.2f}% (error {self.error_pct:.2f}%)", "",
                  f"{'class':<{width}} {'images':>7} {'accuracy':>9}"]
         for name, row, acc in zip(self.class_names, self.confusion, self.per_class_accuracy):
             shown = "-" if acc is None else f"{100 * acc:.2f}%"
@@ -139,10 +141,11 @@ def evaluate(model: nn.Module, batches: Sequence[Batch], class_names: Sequence[s
 def check_classes(card, dataset_classes: Sequence[str], source: str = "checkpoint") -> list[str]:
     """The class names to report, after checking that the model was trained on these classes."""
     from reslab.errors import DataError
+    from reslab.train.progress import plural
 
     classes = list(dataset_classes)
     if card.num_classes != len(classes):
-        raise DataError(f"{source} predicts {card.num_classes} classes but the data set has {len(classes)}; "
+        raise DataError(f"{source} predicts {plural(card.num_classes, 'class')} but the data set has {len(classes)}; "
                         "evaluate it on the data set it was trained on")
     if card.class_names and list(card.class_names) != classes:
         raise DataError(f"{source} was trained on classes {list(card.class_names)} but the data set has {classes}; "
@@ -153,6 +156,7 @@ def check_classes(card, dataset_classes: Sequence[str], source: str = "checkpoin
 def plot_confusion(evaluation: Evaluation, path, title: str = "") -> None:
     """The confusion matrix as a heatmap of row-normalised rates (%), counts written in the cells."""
     from reslab.analysis.plots import figure, save_figure
+    from reslab.train.progress import plural
 
     counts = torch.tensor(evaluation.confusion, dtype=torch.float64)
     rates = 100.0 * counts / counts.sum(1, keepdim=True).clamp(min=1)
@@ -169,5 +173,5 @@ def plot_confusion(evaluation: Evaluation, path, title: str = "") -> None:
     ax.set_yticks(range(n), evaluation.class_names, fontsize=8)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(title or f"accuracy {100 * evaluation.accuracy:.2f}% on {evaluation.num_images} images")
+    ax.set_title(title or f"accuracy {100 * evaluation.accuracy:.2f}% on {plural(evaluation.num_images, 'image')}")
     save_figure(fig, path)
