@@ -567,3 +567,17 @@ def test_sdepth_trains_both_runs_with_the_probe(tiny_cifar, tmp_path, monkeypatc
     # One counted step per epoch (2 steps, the first only attaches the hooks): 1..9 blocks computed.
     assert all(1 <= r["stochastic_active_blocks"] <= 9 for r in result["epochs"])
     assert main(argv) == 0 and json.loads((out / "sdepth.json").read_text())["status"]["constant"] == "reused"
+
+
+def test_counts_of_one_are_singular():
+    """'1 classes' and '1 images' read as slips of a tool that does not look at its output."""
+    from types import SimpleNamespace
+
+    from reslab.analysis.evaluate import Evaluation
+    from reslab.errors import DataError
+
+    one = Evaluation(num_images=1, accuracy=1.0, class_names=["a", "b"], per_class_accuracy=[1.0, None],
+                     confusion=[[1, 0], [0, 0]])
+    assert one.format().startswith("1 image, accuracy 100.00%")
+    with pytest.raises(DataError, match=r"predicts 1 class but the data set has 2"):
+        check_classes(SimpleNamespace(num_classes=1, class_names=None), ["a", "b"])

@@ -54,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
                                    "split": args.split, "precision": "bf16" if bf16 else "fp32", "views": views,
                                    "tta_flip": flip, "tta_translate": translate, **result.to_dict()})
     plot_confusion(result, out / "confusion.png", title=f"{card.model}: accuracy {100 * result.accuracy:.2f}% "
-                                                         f"on {result.num_images} {args.split} images, {views}")
+                                                         f"on {result.num_images:,} {args.split} image{'' if result.num_images == 1 else 's'}, {views}")
     print(f"wrote {out / 'eval.json'} and {out / 'confusion.png'}")
     return 0

@@ -47,8 +47,8 @@ class ImageDataset:
         return len(self.labels)
 
     def __repr__(self) -> str:
-        return (f"ImageDataset({len(self)} images of {self.image_size[0]}x{self.image_size[1]}, "
-                f"{self.num_classes} classes, source={self.source!r})")
+        return (f"ImageDataset({len(self)} image{'' if len(self) == 1 else 's'} of {self.image_size[0]}x{self.image_size[1]}, "
+                f"{self.num_classes} class{'' if self.num_classes == 1 else 'es'}, source={self.source!r})")
 
     @property
     def num_classes(self) -> int:
