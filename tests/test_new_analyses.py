@@ -24,16 +24,16 @@ from reslab.models.resnet import BasicBlock, PlainBlock, ResNet
 
 
 def tiny_net(block=BasicBlock, depths=(1, 1), widths=(4, 8), seed=0) -> ResNet:
-    """A two-stage net on 8x8 inputs (3 classes) with BN statistics and affine maps that are
-    not the identity, as if trained, so that folding BN changes the convolutions."""
+    """A small net on 8x8 inputs (3 classes) whose BN running statistics come from a pass over
+    shifted, scaled noise (not the identity, as if trained), so that folding BN changes the
+    convolutions."""
     torch.manual_seed(seed)
     model = ResNet(block, list(depths), list(widths), num_classes=3, stem="cifar", stem_width=widths[0], shortcut="A")
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
+            m.momentum = None  # the running statistics become those of the pass below
+    with torch.no_grad():
+        model.train()(1.5 * torch.randn(32, 3, 8, 8) + 0.3)
     return model.eval()
 
 

@@ -99,7 +99,7 @@ def small_run(small_cifar, tmp_path_factory):
 
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        result = train(config, callbacks=[GradientRecorder()])
+        result = train(config, extensions=[GradientRecorder()])
     return config, out, result, printed.getvalue()
 
 
@@ -184,7 +184,7 @@ def reference_run(tiny_cifar, tmp_path_factory):
 def test_stop_and_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny_cifar, tmp_path, reference_run, stop):
     config = tiny_config(tiny_cifar, tmp_path / "run", **STRICT)
     with pytest.raises(TrainingInterrupted, match="Continue with: reslab train --resume") as stopped:
-        train(config, callbacks=[stop])
+        train(config, extensions=[stop])
     assert stopped.value.exit_status == 143
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["progress"]
     assert saved["iteration"] == (4 if stop.iteration == 3 else 6)
@@ -251,7 +251,7 @@ def test_a_copied_run_resumes_in_the_copy_from_any_folder_and_leaves_the_origina
     started.mkdir(), elsewhere.mkdir()
     monkeypatch.chdir(started)  # config.json records the relative out "run", as a user's command would
     with pytest.raises(TrainingInterrupted):
-        train(tiny_config(tiny_cifar, Path("run"), **STRICT), callbacks=[SignalAt(epoch=0)])
+        train(tiny_config(tiny_cifar, Path("run"), **STRICT), extensions=[SignalAt(epoch=0)])
     assert json.loads((started / "run" / "config.json").read_text())["config"]["out"] == "run"
     copy = tmp_path / "moved" / "copy"
     shutil.copytree(started / "run", copy)
@@ -314,14 +314,16 @@ def test_lr_0_warns_and_messages_count_in_the_singular(tiny_cifar, tmp_path, cap
 
 
 def poison_loss_at_call(monkeypatch, call: int) -> None:
-    real, calls = trainer.mixed_loss, []
+    from reslab.train import extensions
+
+    real, calls = extensions.mixed_loss, []
 
     def poisoned(*args, **kwargs):
         calls.append(1)
         loss = real(*args, **kwargs)
         return loss * float("nan") if len(calls) == call else loss
 
-    monkeypatch.setattr(trainer, "mixed_loss", poisoned)
+    monkeypatch.setattr(extensions, "mixed_loss", poisoned)
 
 
 def test_a_nonfinite_loss_stops_with_the_iteration_and_the_last_good_checkpoint(tiny_cifar, tmp_path, monkeypatch):
@@ -432,7 +434,7 @@ class PixelLogits(torch.nn.Module):
 
 
 def test_tta_logits_average_the_mirror_and_the_translated_views():
-    from reslab.train.extras import tta_logits
+    from reslab.inference.views import tta_logits
 
     model = PixelLogits()
     x = torch.randn(2, 3, 6, 6)
@@ -576,33 +578,38 @@ def test_small_crops_train_then_full_size_and_bad_values_are_refused(tiny_cifar,
 
 
 def test_ghost_batch_norm_trains_with_statistics_per_group_and_saves_plain_bn_weights(tiny_cifar, tmp_path, capsys):
-    result = train(tiny_config(tiny_cifar, tmp_path / "run", ghost_batch=8))
+    from reslab.train.extensions import GhostBatchNorm
+
+    result = train(tiny_config(tiny_cifar, tmp_path / "run"), [GhostBatchNorm(8)])
     assert "ghost batch norm: 19 BN layers take their training statistics per group of 8 images" in capsys.readouterr().out
-    assert result["test_error"] < 1.0 and read_config(tmp_path / "run").ghost_batch == 8
+    assert result["test_error"] < 1.0
     create_model("resnet20").load_state_dict(read_checkpoint(tmp_path / "run")[0])  # plain BN names
-    with pytest.raises(ValueError, match=r"ghost_batch \(48\) must divide batch_size \(128\)"):
-        TrainConfig(ghost_batch=48)
+    with pytest.raises(ValueError, match=r"ghost_batch \(48\) must divide batch_size \(32\)"):
+        train(tiny_config(tiny_cifar, tmp_path / "a"), [GhostBatchNorm(48)])
     with pytest.raises(ValueError, match="ghost_batch and sync_bn contradict"):
-        TrainConfig(ghost_batch=32, sync_bn=True)
+        from reslab.train.extensions import SetupContext
+
+        GhostBatchNorm(32).setup(SetupContext(TrainConfig(sync_bn=True), create_model("resnet20"), None, False))
     with pytest.raises(ValueError, match="ghost_batch must be"):
-        TrainConfig(ghost_batch=-1)
+        GhostBatchNorm(-1)
 
 
 def test_whiten_stem_starts_the_first_convolution_from_the_training_images_and_freeze_stem_keeps_it(tiny_cifar, tmp_path, capsys):
     from reslab.data import channel_stats, load_dataset
     from reslab.registry import create_model
+    from reslab.train.extensions import WhitenStem
     from reslab.train.whitening import whiten_stem_
 
     images = load_dataset(str(tiny_cifar), "train")
     expected = create_model("resnet20")
     whiten_stem_(expected, images.images, *channel_stats(images))
     for whiten in (True, False):  # lr 0: the weights the run ends with are the ones it started from
-        train(tiny_config(tiny_cifar, tmp_path / str(whiten), epochs=1, lr=0.0, whiten_stem=whiten))
+        train(tiny_config(tiny_cifar, tmp_path / str(whiten), epochs=1, lr=0.0), [WhitenStem()] if whiten else [])
         stem = final_weights(tmp_path / str(whiten))["conv1.weight"]
         assert torch.allclose(stem, expected.conv1.weight, atol=1e-4) == whiten  # eigh on 1 thread or 2
         assert ("whitened stem: 16 channels" in capsys.readouterr().out) == whiten
     # --freeze-stem: the whitened stem stays as it started while the rest trains.
-    train(tiny_config(tiny_cifar, tmp_path / "frozen", epochs=1, whiten_stem=True, freeze_stem=True))
+    train(tiny_config(tiny_cifar, tmp_path / "frozen", epochs=1), [WhitenStem(freeze=True)])
     weights, start = final_weights(tmp_path / "frozen"), final_weights(tmp_path / "True")
     assert torch.allclose(weights["conv1.weight"], expected.conv1.weight, atol=1e-4)
     assert not torch.allclose(weights["layer1.0.conv1.weight"], start["layer1.0.conv1.weight"], atol=1e-3)
@@ -682,8 +689,112 @@ def test_the_trainer_runs_and_records_the_precision_auto_picks(tiny_cifar, tmp_p
                                                                flags, chosen, dtype):
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
     seen = ActivationDtype()
-    train(tiny_config(tiny_cifar, tmp_path / "run", epochs=None, iterations=2), callbacks=[seen])
+    train(tiny_config(tiny_cifar, tmp_path / "run", epochs=None, iterations=2), extensions=[seen])
     assert seen.dtypes and set(seen.dtypes) == {dtype}  # the second step, then evaluation
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["config"]["precision"] == "auto" and saved["environment"]["precision"] == chosen
     assert f"precision: {chosen}" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------
+# The redesigned trainer: recipes, retired switches, optimisers, the hook interface.
+
+
+def test_the_zoo_recipe_is_fast_for_50_epochs_evaluated_single_view_every_epoch():
+    from dataclasses import asdict
+
+    # the command the shipped CIFAR weights are trained with
+    command = TrainConfig.from_recipe("fast", epochs=50, eval_interval=1, tta_flip=False, tta_translate=0)
+    zoo = TrainConfig.from_recipe("zoo")
+    assert {**asdict(zoo), "recipe": "fast"} == asdict(command)
+
+
+def test_every_config_field_is_in_exactly_one_group():
+    from dataclasses import fields
+
+    from reslab.train.config import CONFIG_GROUPS
+
+    grouped = [name for names in CONFIG_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(f.name for f in fields(TrainConfig)) and len(grouped) == len(set(grouped))
+    assert list(CONFIG_GROUPS) == ["data", "model", "optimisation", "evaluation", "runtime"]
+
+
+@pytest.mark.parametrize("argv", [["--ghost-batch", "32"], ["--whiten-stem"], ["--no-freeze-stem"]])
+def test_retired_flags_name_their_replacement_in_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as usage:
+        main(["train", "resnet20", "--data", "d", "--out", "o", *argv])
+    error = capsys.readouterr().err
+    assert usage.value.code == 2 and error.count("\n") == 1
+    assert "was retired after reslab 0.1" in error and "reslab.train.extensions." in error
+
+
+def test_saved_configs_with_retired_fields_load_at_their_default_and_name_the_extension_otherwise():
+    saved = {**TrainConfig().to_dict(), "whiten_stem": False, "freeze_stem": False, "ghost_batch": 0}
+    assert TrainConfig.from_dict(saved) == TrainConfig()
+    with pytest.raises(ValueError, match=r"ghost_batch was retired .*GhostBatchNorm\(N\)"):
+        TrainConfig.from_dict({**saved, "ghost_batch": 32})
+    with pytest.raises(ValueError, match="whiten_stem was retired"):
+        TrainConfig.from_recipe("fast", whiten_stem=True)
+
+
+def test_adamw_is_a_config_value_and_steps_its_first_beta_as_the_momentum(tiny_cifar, tmp_path, capsys):
+    result = train(tiny_config(tiny_cifar, tmp_path / "run", epochs=1, optimizer="adamw", nesterov=False,
+                               schedule="one-cycle", warmup=0.5, lr=0.002))
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["optimizer"]
+    assert "exp_avg" in next(iter(state["state"].values()))  # Adam's moments, not SGD's momentum buffer
+    # one-cycle's momentum at the last step (5 of 6), on its way back from 0.85 to 0.9
+    assert state["param_groups"][0]["betas"][0] == pytest.approx(0.85 + 0.05 * 2 / 3)
+    assert result["test_error"] < 1.0
+    with pytest.raises(ValueError, match="nesterov is SGD's"):
+        TrainConfig(optimizer="adamw", nesterov=True)
+    with pytest.raises(ValueError, match="optimizer must be one of sgd, adamw"):
+        TrainConfig(optimizer="lamb")
+
+
+class EpochTimer:
+    """The example extension of docs/training.md: every hook it uses, recorded in order."""
+
+    def __init__(self):
+        self.calls = []
+
+    def setup(self, context):
+        self.calls.append("setup")
+        return f"epoch timer on {context.config.model}"
+
+    def transform_batch(self, batch, iteration):
+        self.calls.append("batch")
+        return batch
+
+    def after_backward(self, model, iteration):
+        self.calls.append("backward")
+
+    def after_step(self, model, iteration):
+        self.calls.append("step")
+
+    def on_epoch_end(self, epoch, metrics):
+        self.calls.append("epoch")
+        return {"timer_epoch": epoch}
+
+    def evaluated_model(self, model):
+        self.calls.append("evaluated")
+        return model
+
+
+def test_extensions_get_every_hook_in_order_and_add_to_the_metrics(tiny_cifar, tmp_path, capsys):
+    timer = EpochTimer()
+    train(tiny_config(tiny_cifar, tmp_path / "run", epochs=None, iterations=2), [timer])
+    assert timer.calls == ["setup", "batch", "backward", "step", "batch", "backward", "step", "evaluated", "epoch"]
+    assert "epoch timer on resnet20" in capsys.readouterr().out
+    assert metric_lines(tmp_path / "run")[-1]["timer_epoch"] == 0
+
+
+def test_the_example_extension_of_the_training_docs_runs(tiny_cifar, tmp_path, capsys):
+    import re
+
+    text = (REPO / "docs" / "training.md").read_text()
+    example = next(block for block in re.findall(r"```python\n(.*?)```", text, re.DOTALL) if "class GradientNorm" in block)
+    namespace: dict = {}
+    exec(example, namespace)
+    train(tiny_config(tiny_cifar, tmp_path / "run", epochs=1), [namespace["GradientNorm"]()])
+    assert metric_lines(tmp_path / "run")[0]["grad_norm"] > 0
+    assert "logging the gradient norm of every step" in capsys.readouterr().out

@@ -50,7 +50,7 @@ def train_or_reuse(config, callbacks: Sequence[Any] = ()) -> str:
 def run_summary(run_dir: Union[str, Path]) -> dict:
     """Final training and test error (%) of a finished run, with its model's depth and type."""
     from reslab.registry import create_model
-    from reslab.train.schedules import weighted_depth
+    from reslab.models.depth import weighted_depth
     from reslab.train.state import read_config
 
     config = read_config(run_dir)

@@ -2,10 +2,13 @@ HELP = """Train a model of the zoo on CIFAR-10 (or any class-folder data set) wi
 
 Recipes (`--list-recipes` prints their values): paper (He et al. 2015: 64k iterations, batch 128,
 lr 0.1 /10 at 32k and 48k), preact (He et al. 2016), wrn (Zagoruyko & Komodakis 2016), resnext
-(Xie et al. 2017), stochastic-depth (Huang et al. 2016) and fast (ours: 25 epochs, the first
+(Xie et al. 2017), stochastic-depth (Huang et al. 2016), fast (ours: 25 epochs, the first
 13 on 24x24 crops, batch 128, warm-up then linear decay, for the paper's ResNet-20 accuracy in
-the least CPU time; the default). Every
-recipe value has a flag that overrides it; milestones and warm-up are fractions of the run.
+the least CPU time; the default) and zoo (fast for 50 epochs, evaluated every epoch: the
+shipped weights). Every recipe value has a flag that overrides it (grouped below: data, model,
+optimisation, evaluation, runtime); milestones and warm-up are fractions of the run. Epochs are
+evaluated single view; the last also with the recipe's test-time views (docs/training.md:
+the loop, extensions, evaluation and resume).
 The run folder gets config.json, metrics.jsonl (per epoch), steps.jsonl (per --log-interval
 iterations), checkpoint.pt, model.safetensors (latest) and best.safetensors.
 
@@ -15,7 +18,8 @@ iterations), checkpoint.pt, model.safetensors (latest) and best.safetensors.
   torchrun --nproc-per-node 2 -m reslab train resnet20 --data DATA --out runs/ddp
 
 Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and exits (status 130 / 143);
-`reslab train --resume DIR` continues the run exactly where it stopped.
+`reslab train --resume DIR` continues the run exactly where it stopped, in DIR (wherever it was
+moved or copied; --data may say where its data set is now).
 """
 
 import argparse
@@ -35,7 +39,7 @@ REQUIRED_FIELDS = ("data", "out")  # no recipe has a value for them; only --resu
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from reslab.train.config import RECIPES, TrainConfig, field_types
+    from reslab.train.config import CONFIG_GROUPS, RECIPES, TrainConfig, field_types
 
     parser.add_argument("model", nargs="?", metavar="MODEL", help="registered model name (`reslab models`)")
     parser.add_argument("--recipe", choices=list(RECIPES), help="named recipe to start from (default: fast)")
@@ -49,10 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(usage_error=parser.error)  # run() reports misused flags as argparse does: exit status 2
     fast = TrainConfig.from_recipe("fast")
     types = field_types()
-    group = parser.add_argument_group("run values", "each overrides the recipe's value (shown for fast)")
+    groups = {name: parser.add_argument_group(f"{name} values", "each overrides the recipe's value (shown for fast)")
+              for name in CONFIG_GROUPS}
+    group_of = {field: name for name, members in CONFIG_GROUPS.items() for field in members}
     for f in fields(TrainConfig):
         if f.name in SPECIAL_FIELDS:
             continue
+        group = groups[group_of[f.name]]
         flag = flag_name(f.name)
         text = f"{f.metadata['help']} " + ("(required, unless --resume)" if f.name in REQUIRED_FIELDS
                                            else f"[fast: {getattr(fast, f.name)}]")
@@ -62,6 +69,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             group.add_argument(flag, type=parser_for_field(f.name, kind), choices=f.metadata.get("choices"),
                                default=argparse.SUPPRESS, help=text, metavar=_metavar(f.name, kind, f.metadata))
+    _add_retired_flags(parser)
+
+
+def _add_retired_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of earlier releases whose fields were retired: each is a usage error that names
+    what replaced it (hidden from --help)."""
+    from reslab.train.config import RETIRED_FIELDS, retired_field_message
+
+    class Retired(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            parser.error(f"{option_string}: " + retired_field_message(self.dest, values))
+
+    for name, (default, _) in RETIRED_FIELDS.items():
+        flags = [flag_name(name)] + ([f"--no-{name.replace('_', '-')}"] if isinstance(default, bool) else [])
+        parser.add_argument(*flags, dest=name, action=Retired, nargs=0 if isinstance(default, bool) else None,
+                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:

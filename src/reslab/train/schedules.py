@@ -28,7 +28,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Optional
 
-from torch import nn
 
 SHAPES = ("step", "cosine", "linear", "one-cycle")
 
@@ -139,14 +138,33 @@ class LowLrStart:
         self._recent = deque((tuple(r) for r in state["recent"]), maxlen=self.window)
 
 
-def weighted_depth(model: nn.Module) -> int:
-    """Layers with weights on the main path, as the papers count depth: convolutions and fully
-    connected layers, not the projection shortcuts (ResNet-110 has 110, ResNet-1001 1001)."""
-    from reslab.models.layers import residual_blocks
+class LearningRate:
+    """The learning rate and momentum of each iteration: the :class:`Schedule`, or He et al.'s
+    :class:`LowLrStart` while it lasts. :meth:`apply` sets them on an optimiser's groups (SGD's
+    ``momentum``, or Adam's first beta)."""
 
-    shortcut_layers = {id(m) for _, block in residual_blocks(model) if block.downsample is not None
-                       for m in block.downsample.modules()}
-    return sum(isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in shortcut_layers for m in model.modules())
+    def __init__(self, schedule: Schedule, low_start: Optional[LowLrStart]) -> None:
+        self.schedule, self.low_start = schedule, low_start
+
+    def apply(self, optimizer, iteration: int) -> float:
+        """Set the lr and momentum of ``iteration`` on ``optimizer``; returns the lr."""
+        low = self.low_start is not None and self.low_start.active
+        lr = self.low_start.lr if low else self.schedule.lr(iteration)
+        momentum = self.schedule.momentum_at(iteration)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+            if "betas" in group:
+                group["betas"] = (momentum, group["betas"][1])
+            else:
+                group["momentum"] = momentum
+        return lr
+
+    def observe(self, iteration: int, wrong: float, seen: float) -> Optional[str]:
+        """Record a step's training mistakes; the line to show when this ends the low-lr start."""
+        if self.low_start is not None and self.low_start.observe(iteration, wrong, seen):
+            return (f"low-lr start ended after {self.low_start.ended_at} iterations "
+                    f"(running training error {self.low_start.running_error():.3f})")
+        return None
 
 
 def scale_lr(lr: float, batch_size: int, base_batch_size: int) -> tuple[float, Optional[str]]:

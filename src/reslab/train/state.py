@@ -3,7 +3,7 @@
 ``DIR/config.json`` holds the resolved :class:`TrainConfig` and the environment (torch, device,
 threads, reslab version, git commit). ``DIR/checkpoint.pt`` holds everything a resumed run needs
 to take exactly the steps the uninterrupted run would have taken: model, optimiser (momentum
-buffers), EMA, the low-lr start's state, the loader's position (epoch, batches done), the running
+buffers), the extensions' state (EMA), the low-lr start's state, the loader's position (epoch, batches done), the running
 sums of the epoch in progress, every random generator (torch CPU and CUDA, Python, NumPy), and
 the model card under ``"card"`` (so :func:`reslab.read_checkpoint` reads it as a model file).
 It holds only tensors and plain containers: it loads with ``torch.load(weights_only=True)``.
@@ -132,10 +132,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # The training checkpoint.
 
 
-def save_training_state(path: Path, *, model_state: dict, optimizer_state: dict, ema_state: Optional[dict],
+def save_training_state(path: Path, *, model_state: dict, optimizer_state: dict, extension_states: dict[str, Any],
                         card_json: str, progress: dict[str, Any], config: TrainConfig) -> None:
+    """The checkpoint; the extensions' states under ``"extensions"`` (the EMA's also under
+    ``"ema"``, where releases before the extensions kept it and read it from)."""
     atomic_torch_save({"format": STATE_FORMAT, "model": model_state, "card": card_json, "optimizer": optimizer_state,
-                       "ema": ema_state, "progress": progress, "rng": rng_state(), "config": config.to_dict()}, path)
+                       "ema": extension_states.get("ema"), "extensions": extension_states, "progress": progress,
+                       "rng": rng_state(), "config": config.to_dict()}, path)
 
 
 def load_training_state(path: Path) -> dict[str, Any]:

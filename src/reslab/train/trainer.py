@@ -1,10 +1,12 @@
 """The training loop: ``train(config)`` turns a :class:`TrainConfig` into a trained model, its
 metrics and its checkpoints in ``config.out``.
 
-Read it top to bottom: build the data, the model, the optimiser and the schedule; restore them
-on resume; then per iteration set the learning rate, run the forward pass (in bf16 autocast
-where the hardware computes in bf16, :mod:`reslab.precision`), check the loss, step, and log;
-per epoch evaluate, write the metrics line, the model files and the training checkpoint.
+Read :meth:`Training.fit` top to bottom: epochs of steps (:meth:`Training.step`: learning rate,
+forward pass in bf16 autocast where the hardware computes in bf16 (:mod:`reslab.precision`),
+loss, backward, optimiser step), each epoch ended by :meth:`Training.end_epoch` (evaluation,
+the metrics line, the model files and the training checkpoint). What a recipe does not need
+comes in through extensions (:mod:`reslab.train.extensions`), never as a branch in the loop.
+:func:`_build` makes the parts (data, model, optimiser, schedule) and restores them on resume.
 SIGINT/SIGTERM finish the current step and save a checkpoint; a run resumed from it
 (``resume=True``) takes exactly the steps the uninterrupted run would have taken.
 """
@@ -33,18 +35,20 @@ from torch import nn
 from reslab.checkpoint import make_card, partial_writes, save_model, unwrap
 from reslab.errors import DataError, ReslabError, TrainingError
 from reslab.inference.fold import folded_for_evaluation
+from reslab.inference.views import tta_logits, views_label
+from reslab.models.depth import weighted_depth
 from reslab.precision import resolve_precision
 from reslab.train import distributed
-from reslab.train.batchnorm import use_ghost_batch_norm, use_moment_batch_norm
+from reslab.train.batchnorm import use_moment_batch_norm
 from reslab.train.config import TrainConfig
+from reslab.train.data import TrainingData, load_training_data
 from reslab.train.distributed import DistributedEnv
-from reslab.train.extras import ModelEma, check_tta_translate, mix_batch, mixed_loss, tta_logits, views_label
+from reslab.train.extensions import Batch, Hooks, SetupContext, extensions_from_config
 from reslab.train.memory import keep_freed_memory
 from reslab.train.progress import METRICS_FILE, STEPS_FILE, Progress, RunLog, plural
-from reslab.train.schedules import scale_lr, weighted_depth
+from reslab.train.schedules import LearningRate, scale_lr
 from reslab.train.state import (CHECKPOINT_FILE, CONFIG_FILE, RESULT_FILE, environment, load_training_state,
                                 save_training_state, set_rng_state, write_config, write_json)
-from reslab.train.whitening import first_conv, whiten_stem_
 
 MODEL_FILE, BEST_FILE = "model.safetensors", "best.safetensors"
 RUN_FILES = (CHECKPOINT_FILE, MODEL_FILE, BEST_FILE, CONFIG_FILE, RESULT_FILE, METRICS_FILE, STEPS_FILE)
@@ -59,12 +63,12 @@ class TrainingInterrupted(ReslabError):
                          f"{out / CHECKPOINT_FILE}. Continue with: reslab train --resume {out}")
 
 
-def train(config: TrainConfig, callbacks: Sequence[Any] = (), *, resume: bool = False) -> dict[str, Any]:
+def train(config: TrainConfig, extensions: Sequence[Any] = (), *, resume: bool = False) -> dict[str, Any]:
     """Train as ``config`` says, writing into ``config.out``; returns the final result.
 
-    A callback may define ``after_backward(model, iteration)`` (gradients are in place) and
-    ``on_epoch_end(epoch, metrics) -> dict | None`` (returned fields join the metrics line).
-    ``resume=True`` continues the run saved in ``config.out``.
+    ``extensions``: objects with any of the hooks of :mod:`reslab.train.extensions` (e.g.
+    ``after_backward(model, iteration)``, ``on_epoch_end(epoch, metrics) -> dict | None``), after
+    those the config asks for (EMA, mixup). ``resume=True`` continues the run saved in ``config.out``.
     """
     config.validate()
     if config.deterministic:  # cuBLAS reads this when it starts
@@ -76,12 +80,13 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = (), *, resume: bool = 
     joined = distributed.setup(env, device)
     try:
         with _runtime(config, device):
-            return _train(config, list(callbacks), resume, env, device)
+            hooks = Hooks([*extensions_from_config(config), *extensions])
+            return _run(config, hooks, resume, env, device)
     finally:
         distributed.teardown(joined)
 
 
-def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedEnv, device: torch.device) -> dict:
+def _run(config: TrainConfig, hooks: Hooks, resume: bool, env: DistributedEnv, device: torch.device) -> dict:
     from reslab.registry import create_model
 
     with torch.device("meta"):  # a misspelt model or override fails now, not after loading the data
@@ -89,223 +94,298 @@ def _train(config: TrainConfig, callbacks: list, resume: bool, env: DistributedE
     out = Path(config.out)
     state = _prepare_out(out, resume, env)
     if state is not None and state["progress"]["finished"]:
-        print(f"{out} is a finished run; nothing to resume")
-        result = state["progress"]["result"]
-        if env.is_main and not (out / RESULT_FILE).exists():  # stopped after its last checkpoint, before this file
-            _write(out, RunState.from_dict(state["progress"]), write_json, out / RESULT_FILE, result)
-        return result
+        return _finished_result(out, state, env)
     log = RunLog(out, env.is_main, config.tensorboard)  # first: a missing tensorboard fails at once
-    data = _load_data(config, env, device)
+    data = load_training_data(config, env, device)
     if state is not None:
-        _check_same_classes(json.loads(state["card"]).get("class_names"), data["classes"], config.data)
-    precision, precision_note = resolve_precision(config.precision, device)
+        _check_same_classes(json.loads(state["card"]).get("class_names"), data.classes, config.data)
+    training = _build(config, data, hooks, state, env, device, log)
+    training.announce()
+    if state is not None:
+        set_rng_state(state["rng"])  # last: building the model above drew random numbers
+    return training.fit()
 
-    # Model: the same seed on every rank gives the same initial weights (and, with stochastic
-    # depth, the same drop decisions); data randomness comes from the loader's own generators.
+
+@dataclass
+class Training:
+    """The parts of a run, built by :func:`_build`, and the loop over them."""
+
+    config: TrainConfig
+    data: TrainingData
+    hooks: Hooks
+    env: DistributedEnv
+    device: torch.device
+    log: RunLog
+    model: nn.Module  # what the steps run: wrapped for DDP, maybe compiled
+    raw: nn.Module  # the model itself
+    card: Any
+    optimizer: torch.optim.Optimizer
+    lr: LearningRate
+    run: "RunState"
+    precision: str
+    notes: list[str]  # start messages of the parts (precision, lr scaling, compile, extensions)
+    resumed: bool
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.config.out)
+        self.per_epoch = len(self.data.train)
+        self.total = self.lr.schedule.total_iterations
+        self.total_epochs = math.ceil(self.total / self.per_epoch)
+        self.show = Progress(self.config.progress, self.env.is_main, self.total_epochs)
+        self.stop = StopSignals()
+
+    def fit(self) -> dict[str, Any]:
+        """The loop: epochs of steps, each ended by evaluation, the metrics line and a checkpoint."""
+        wall_start = time.perf_counter() - self.run.wall_seconds
+        self.model.train()
+        with self.stop, closing(self.show), closing(self.log):
+            while self.run.iteration < self.total:
+                epoch = self.data.train.epoch
+                lr = self.train_epoch(epoch)
+                self.end_epoch(epoch, lr, wall_start)
+        if self.env.is_main:
+            self.write(write_json, self.out / RESULT_FILE, self.run.result)
+        return self.run.result
+
+    def train_epoch(self, epoch: int) -> float:
+        """The steps of one epoch (or of what is left of it); returns the last learning rate."""
+        loader, run = self.data.train, self.run
+        if loader.batches_done == 0:
+            run.epoch_tally = Tally()
+        self.show.start_epoch(epoch, self.per_epoch, loader.batches_done)
+        tick = time.perf_counter()
+        for images, labels in loader:
+            lr = self.step(Batch(images, labels), epoch)
+            stops = self.stop.agreed(self.env, self.device)
+            now = time.perf_counter()
+            run.epoch_tally.seconds += now - tick
+            run.interval_tally.seconds += now - tick
+            tick = now
+            self.show.step(lr, run.epoch_tally.summary())
+            if run.iteration % self.config.log_interval == 0 and run.interval_tally.seen:
+                self.log_steps(epoch, lr)
+            if run.iteration == self.total:
+                break
+            if stops and loader.batches_done < self.per_epoch:  # at the last batch, stop after the epoch's work
+                self.save_checkpoint()
+                raise TrainingInterrupted(self.stop.signum or signal.SIGTERM, self.out, run.iteration)
+        return lr
+
+    def step(self, batch: Batch, epoch: int) -> float:
+        """One iteration: learning rate, forward, loss, backward, optimiser step; returns the lr."""
+        it, run = self.run.iteration, self.run
+        lr = self.lr.apply(self.optimizer, it)
+        batch = self.hooks.transform_batch(batch, it)
+        with self.autocast():
+            logits = self.model(batch.images)
+        loss = batch.loss(logits.float(), self.config.label_smoothing)
+        # Loss and mistakes summed over the ranks (non-finite if any rank's loss is).
+        counts = torch.stack([loss.detach().double() * len(batch.labels),
+                              (logits.argmax(1) != batch.dominant_labels()).sum().double(),
+                              torch.tensor(float(len(batch.labels)), device=self.device, dtype=torch.float64)])
+        loss_sum, wrong, seen = distributed.all_reduce(counts, self.env).tolist()
+        if not math.isfinite(loss_sum):
+            self.skip_or_stop(loss_sum, it, epoch)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.hooks.after_backward(self.raw, it)
+            self.optimizer.step()
+            self.hooks.after_step(self.raw, it)
+            run.epoch_tally.add(loss_sum, wrong, seen)
+            run.interval_tally.add(loss_sum, wrong, seen)
+            if (line := self.lr.observe(it, wrong, seen)) is not None:
+                self.show.message(line)
+        run.iteration += 1
+        return lr
+
+    def end_epoch(self, epoch: int, lr: float, wall_start: float) -> None:
+        """Evaluate (when due), write the metrics line and the model files, save the checkpoint."""
+        run, config = self.run, self.config
+        last = run.iteration == self.total
+        metrics = {"epoch": epoch, "iteration": run.iteration, "lr": lr, **run.epoch_tally.summary(),
+                   "epoch_seconds": run.epoch_tally.seconds, "skipped_steps": run.skipped_steps}
+        evaluated = self.hooks.evaluated_model(self.raw)
+        for module in {id(m): m for m in (self.raw, evaluated)}.values():
+            distributed.average_buffers(module, self.env)
+        if last or (config.eval_interval and (epoch + 1) % config.eval_interval == 0):
+            started = time.perf_counter()
+            self.show.close()  # the epoch's bar, so that the evaluation shows its own progress
+            metrics.update(evaluate_splits(evaluated, self.data, config, self.autocast, self.env, self.show, final=last))
+            metrics["eval_seconds"] = time.perf_counter() - started
+            self.model.train()
+        metrics["wall_seconds"] = time.perf_counter() - wall_start
+        metrics.update(self.hooks.on_epoch_end(epoch, dict(metrics)))
+        self.show.end_epoch(metrics)
+        with _writing(self.out, run, self.out / METRICS_FILE):
+            self.log.epoch(metrics)
+        run.wall_seconds = metrics["wall_seconds"]
+        if self.env.is_main:
+            self.save_models(evaluated, epoch, metrics)
+        result = _result(config, metrics, run.best, self.data.val is not None) if last else None
+        if last and self.env.enabled:
+            result["ranks_identical"] = distributed.ranks_identical(self.raw, self.env)
+            if not result["ranks_identical"]:
+                raise TrainingError("the processes ended with different weights; DDP lost synchronisation "
+                                    "(a rank-dependent random draw in the model?)")
+        self.save_checkpoint(finished=last, result=result)
+        if not last and self.stop.agreed(self.env, self.device):
+            raise TrainingInterrupted(self.stop.signum or signal.SIGTERM, self.out, run.iteration)
+
+    def save_models(self, evaluated: nn.Module, epoch: int, metrics: dict[str, Any]) -> None:
+        """model.safetensors (the latest) and best.safetensors (lowest validation error, else test)."""
+        self.write(save_model, self.out / MODEL_FILE, evaluated, self.card)
+        selection = "val_error" if self.data.val is not None else "test_error"
+        if selection in metrics and (self.run.best is None or metrics[selection] < self.run.best[selection]):
+            self.write(save_model, self.out / BEST_FILE, evaluated, self.card)
+            self.run.best = {"epoch": epoch, "iteration": self.run.iteration, selection: metrics[selection],
+                             "test_error": metrics["test_error"]}
+
+    def save_checkpoint(self, finished: bool = False, result: Optional[dict] = None) -> None:
+        run = self.run
+        run.finished, run.result = finished, result
+        if not self.env.is_main:
+            return
+        low_start = self.lr.low_start
+        progress = {**run.to_dict(), "saved_iteration": run.iteration, "loader": self.data.train.state_dict(),
+                    "low_lr_start": low_start.state_dict() if low_start is not None else None}
+        self.write(save_training_state, self.out / CHECKPOINT_FILE, model_state=self.raw.state_dict(),
+                   optimizer_state=self.optimizer.state_dict(), extension_states=self.hooks.state_dict(),
+                   card_json=self.card.to_json(), progress=progress, config=self.config)
+        run.saved_iteration = run.iteration
+
+    def skip_or_stop(self, loss_sum: float, iteration: int, epoch: int) -> None:
+        """A non-finite loss: stop with a clear error, or (``skip_nonfinite``) skip the step."""
+        if not self.config.skip_nonfinite:
+            raise TrainingError(_nonfinite_message(loss_sum, iteration, epoch, self.out, self.run.saved_iteration))
+        self.run.skipped_steps += 1
+        self.show.message(f"skipped iteration {iteration}: loss is {loss_sum} ({self.run.skipped_steps} skipped so far)")
+
+    def log_steps(self, epoch: int, lr: float) -> None:
+        """A line of steps.jsonl: the training numbers of the last ``log_interval`` iterations."""
+        run = self.run
+        record = {"iteration": run.iteration, "epoch": epoch, "lr": lr, **run.interval_tally.summary(),
+                  "skipped_steps": run.skipped_steps}
+        with _writing(self.out, run, self.out / STEPS_FILE):
+            self.log.steps(record)
+        self.show.interval(record)
+        run.interval_tally = Tally()
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def write(self, writer, path: Path, *args: Any, **kwargs: Any) -> None:
+        _write(self.out, self.run, writer, path, *args, **kwargs)
+
+    def announce(self) -> None:
+        """config.json (or its resume history), the log files, and the run's start messages."""
+        config, run, show = self.config, self.run, self.show
+        run_environment = {**environment(self.device), "precision": self.precision}
+        resumed_at = run.iteration if self.resumed else None
+        if self.env.is_main:
+            _write_start(self.out, config, run_environment, resumed_at)
+        with _writing(self.out, run, self.out / METRICS_FILE):
+            self.log.start(resumed_at)
+        show.message(f"{config.model}: {sum(p.numel() for p in self.raw.parameters()):,} parameters, "
+                     f"{weighted_depth(self.raw)} layers; {self.device} ({run_environment['device_name']}), "
+                     f"{plural(torch.get_num_threads(), 'thread')} x {plural(self.env.world_size, 'process')}, "
+                     f"{self.precision}{' autocast' if self.precision == 'bf16' else ''}, "
+                     f"{'channels_last' if config.channels_last else 'NCHW'}")
+        show.message(self.data.summary)
+        show.message(f"{'resuming at' if self.resumed else 'run:'} iteration {run.iteration} of {self.total} "
+                     f"({plural(self.total_epochs, 'epoch')} of {plural(self.per_epoch, 'iteration')} of "
+                     f"{plural(config.batch_size, 'image')}); recipe {config.recipe or 'none'}; evaluation: "
+                     f"{_describe_evaluation(config)}")
+        for line in self.notes:
+            show.message(line)
+        if config.lr == 0 and self.env.is_main:
+            print("warning: the learning rate is 0: the weights will not change (batch-norm statistics will)",
+                  file=sys.stderr)
+
+
+def _build(config: TrainConfig, data: TrainingData, hooks: Hooks, state: Optional[dict], env: DistributedEnv,
+           device: torch.device, log: RunLog) -> Training:
+    """Model, extensions, optimiser and schedule of a run; on resume, restored from ``state``."""
+    from reslab.registry import create_model
+
+    # The same seed on every rank gives the same initial weights (and, with stochastic depth, the
+    # same drop decisions); data randomness comes from the loader's own generators.
     _seed_everything(config.seed)
+    precision, precision_note = resolve_precision(config.precision, device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = create_model(config.model, num_classes=len(data["classes"]), **config.model_overrides())
-    whitened = whiten_stem_(model, data["train_images"], data["mean"], data["std"]) \
-        if config.whiten_stem and state is None else 0
-    frozen = first_conv(model).requires_grad_(False).weight.numel() if config.freeze_stem else 0
-    ghost_layers = use_ghost_batch_norm(model, config.ghost_batch) if config.ghost_batch else 0
-    model = distributed.wrap(model.to(device, memory_format=memory_format), env, device, sync_bn=config.sync_bn)
+    raw = create_model(config.model, num_classes=len(data.classes), **config.model_overrides())
+    raw = raw.to(device, memory_format=memory_format)
+    notes = hooks.setup(SetupContext(config, raw, data, state is not None, env.rank, env.enabled))
+    model = distributed.wrap(raw, env, device, sync_bn=config.sync_bn)
     raw = unwrap(model)
-    card = make_card(config.model, raw, num_classes=len(data["classes"]), overrides=config.model_overrides(),
-                     class_names=data["classes"], mean=data["mean"], std=data["std"], input_size=data["input_size"],
+    card = make_card(config.model, raw, num_classes=len(data.classes), overrides=config.model_overrides(),
+                     class_names=data.classes, mean=data.mean, std=data.std, input_size=data.input_size,
                      config=config.to_dict())
-
-    # Optimiser and schedule.
-    train_loader = data["train"]
     peak_lr, scaling_note = scale_lr(config.lr, config.batch_size, config.base_batch_size)
-    groups = parameter_groups(raw, config.weight_decay, config.decay_norm_and_bias)
-    optimizer = torch.optim.SGD(groups, lr=peak_lr, momentum=config.momentum, nesterov=config.nesterov, foreach=True)
-    per_epoch = len(train_loader)
-    train_loader.use_small_crops(config.small_crop, config.small_crop_epochs(per_epoch))
-    schedule = config.build_schedule(per_epoch)
-    total, total_epochs = schedule.total_iterations, math.ceil(schedule.total_iterations / per_epoch)
-    depth = weighted_depth(raw)
-    low_start = config.build_low_lr_start(depth)
-    ema = ModelEma(raw, config.ema_decay) if config.ema_decay else None
+    optimizer = build_optimizer(config, parameter_groups(raw, config.weight_decay, config.decay_norm_and_bias), peak_lr)
+    per_epoch = len(data.train)
+    data.train.use_small_crops(config.small_crop, config.small_crop_epochs(per_epoch))
+    lr = LearningRate(config.build_schedule(per_epoch), config.build_low_lr_start(weighted_depth(raw)))
     run = RunState()
-
     if state is not None:
         raw.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        if low_start is not None:
-            low_start.load_state_dict(state["progress"]["low_lr_start"])
-        train_loader.load_state_dict(state["progress"]["loader"])
+        hooks.load_state_dict(state.get("extensions") or ({"ema": state["ema"]} if state.get("ema") else {}))
+        if lr.low_start is not None:
+            lr.low_start.load_state_dict(state["progress"]["low_lr_start"])
+        data.train.load_state_dict(state["progress"]["loader"])
         run = RunState.from_dict(state["progress"])
-    model, compile_note = _maybe_compile(model, config, total - run.iteration)
+    model, compile_note = _maybe_compile(model, config, lr.schedule.total_iterations - run.iteration)
+    notes = [precision_note, scaling_note, describe_groups(optimizer.param_groups), "lr: " + lr.schedule.describe(),
+             compile_note, _describe_low_start(lr, config), _describe_small_crops(data, config, lr), *notes]
+    return Training(config, data, hooks, env, device, log, model, raw, card, optimizer, lr, run, precision,
+                    [line for note in notes if note for line in note.split("\n")], state is not None)
 
-    show = Progress(config.progress, env.is_main, total_epochs)
-    run_environment = {**environment(device), "precision": precision}
-    if env.is_main:
-        _write_start(out, config, run_environment, run.iteration if state is not None else None)
-    with _writing(out, run, out / METRICS_FILE):
-        log.start(run.iteration if state is not None else None)
-    show.message(f"{config.model}: {sum(p.numel() for p in raw.parameters()):,} parameters, {depth} layers; "
-                 f"{device} ({run_environment['device_name']}), {plural(torch.get_num_threads(), 'thread')} x "
-                 f"{plural(env.world_size, 'process')}, {precision}{' autocast' if precision == 'bf16' else ''}, "
-                 f"{'channels_last' if config.channels_last else 'NCHW'}")
-    show.message(data["summary"])
-    show.message(f"{'resuming at' if state is not None else 'run:'} iteration {run.iteration} of {total} "
-                 f"({plural(total_epochs, 'epoch')} of {plural(per_epoch, 'iteration')} of {plural(config.batch_size, 'image')}); recipe {config.recipe or 'none'}")
-    for line in (precision_note, scaling_note, describe_groups(optimizer.param_groups), "lr: " + schedule.describe(), compile_note):
-        if line:
-            show.message(line)
-    if low_start is not None:
-        show.message(f"low-lr start (He et al. 2015): lr {low_start.lr:g} until the training error of the last "
-                     f"{low_start.window} batches < {config.low_lr_until_error}, at most {low_start.max_iterations} iterations")
-    small_epochs = train_loader.small_crop[1]
-    if small_epochs:
-        first = "epoch 1" if small_epochs == 1 else f"epochs 1-{small_epochs}"
-        rest = ", the rest on full-size images" if small_epochs < total_epochs else " (every epoch; evaluation sees whole images)"
-        show.message(f"small crops: {first} train on random {config.small_crop}x{config.small_crop} crops{rest}")
-    if whitened:
-        show.message(f"whitened stem: {whitened} channels of the first convolution start as patch-whitening filters")
-    if frozen:
-        show.message(f"frozen stem: the first convolution ({frozen:,} weights) is not trained")
-    if ghost_layers:
-        show.message(f"ghost batch norm: {plural(ghost_layers, 'BN layer')} take their training statistics per group of "
-                     f"{config.ghost_batch} images")
-    if ema is not None:
-        show.message(f"evaluating an EMA of the weights (decay {config.ema_decay} per step; BN statistics averaged too)")
-    if config.lr == 0 and env.is_main:
-        print("warning: the learning rate is 0: the weights will not change (batch-norm statistics will)", file=sys.stderr)
-    if state is not None:
-        set_rng_state(state["rng"])  # last: building the model above drew random numbers
 
-    def save_checkpoint(finished: bool = False, result: Optional[dict] = None) -> None:
-        run.finished, run.result = finished, result
-        if not env.is_main:
-            return
-        progress = {**run.to_dict(), "saved_iteration": run.iteration, "loader": train_loader.state_dict(),
-                    "low_lr_start": low_start.state_dict() if low_start is not None else None}
-        _write(out, run, save_training_state, out / CHECKPOINT_FILE, model_state=raw.state_dict(),
-               optimizer_state=optimizer.state_dict(), ema_state=ema.state_dict() if ema else None,
-               card_json=card.to_json(), progress=progress, config=config)
-        run.saved_iteration = run.iteration
+def _finished_result(out: Path, state: dict, env: DistributedEnv) -> dict:
+    print(f"{out} is a finished run; nothing to resume")
+    result = state["progress"]["result"]
+    if env.is_main and not (out / RESULT_FILE).exists():  # stopped after its last checkpoint, before this file
+        _write(out, RunState.from_dict(state["progress"]), write_json, out / RESULT_FILE, result)
+    return result
 
-    def autocast() -> torch.autocast:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
-    hooks_backward = [cb for cb in callbacks if hasattr(cb, "after_backward")]
-    hooks_epoch = [cb for cb in callbacks if hasattr(cb, "on_epoch_end")]
-    wall_start = time.perf_counter() - run.wall_seconds
-    stop = StopSignals()
-    model.train()
-    with stop, closing(show), closing(log):
-        while run.iteration < total:
-            epoch = train_loader.epoch
-            if train_loader.batches_done == 0:
-                run.epoch_tally = Tally()
-            show.start_epoch(epoch, per_epoch, train_loader.batches_done)
-            tick = time.perf_counter()
-            for images, labels in train_loader:
-                it = run.iteration
-                lr = low_start.lr if low_start is not None and low_start.active else schedule.lr(it)
-                for group in optimizer.param_groups:
-                    group["lr"], group["momentum"] = lr, schedule.momentum_at(it)
-                partner, lam = None, 1.0
-                if config.mixup or config.cutmix:
-                    from reslab.data.loader import derived_seed
+def _describe_evaluation(config: TrainConfig) -> str:
+    every = (f"single view every {'' if config.eval_interval == 1 else f'{config.eval_interval} '}epoch"
+             f"{'' if config.eval_interval == 1 else 's'} and after the last"
+             if config.eval_interval else "after the last epoch")
+    views = views_label(config.tta_flip, config.tta_translate)
+    return every + ("" if views == "single view" else f", then the test set with the {views}")
 
-                    images, partner, lam = mix_batch(images, labels, mixup=config.mixup, cutmix=config.cutmix,
-                                                     seed=derived_seed(config.seed, it, env.rank))
-                with autocast():
-                    logits = model(images)
-                loss = mixed_loss(logits.float(), labels, partner, lam, config.label_smoothing)
-                dominant = labels if partner is None or lam >= 0.5 else partner
-                # Loss and mistakes summed over the ranks (non-finite if any rank's loss is).
-                step = torch.stack([loss.detach().double() * len(labels), (logits.argmax(1) != dominant).sum().double(),
-                                    torch.tensor(float(len(labels)), device=device, dtype=torch.float64)])
-                loss_sum, wrong, seen = distributed.all_reduce(step, env).tolist()
-                if not math.isfinite(loss_sum):
-                    if not config.skip_nonfinite:
-                        raise TrainingError(_nonfinite_message(loss_sum, it, epoch, out, run.saved_iteration))
-                    run.skipped_steps += 1
-                    show.message(f"skipped iteration {it}: loss is {loss_sum} ({run.skipped_steps} skipped so far)")
-                else:
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    for cb in hooks_backward:
-                        cb.after_backward(raw, it)
-                    optimizer.step()
-                    if ema is not None:
-                        ema.update(raw)
-                    run.epoch_tally.add(loss_sum, wrong, seen)
-                    run.interval_tally.add(loss_sum, wrong, seen)
-                    if low_start is not None and low_start.observe(it, wrong, seen):
-                        show.message(f"low-lr start ended after {low_start.ended_at} iterations "
-                                     f"(running training error {low_start.running_error():.3f})")
-                run.iteration += 1
-                stops = stop.agreed(env, device)
-                now = time.perf_counter()
-                run.epoch_tally.seconds += now - tick
-                run.interval_tally.seconds += now - tick
-                tick = now
-                show.step(lr, run.epoch_tally.summary())
-                if run.iteration % config.log_interval == 0 and run.interval_tally.seen:
-                    record = {"iteration": run.iteration, "epoch": epoch, "lr": lr, **run.interval_tally.summary(),
-                              "skipped_steps": run.skipped_steps}
-                    with _writing(out, run, out / STEPS_FILE):
-                        log.steps(record)
-                    show.interval(record)
-                    run.interval_tally = Tally()
-                if run.iteration == total:
-                    break
-                if stops and train_loader.batches_done < per_epoch:  # at the last batch, stop after the epoch's work
-                    save_checkpoint()
-                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, out, run.iteration)
 
-            # End of an epoch: evaluate, record, save.
-            last = run.iteration == total
-            metrics = {"epoch": epoch, "iteration": run.iteration, "lr": lr, **run.epoch_tally.summary(),
-                       "epoch_seconds": run.epoch_tally.seconds, "skipped_steps": run.skipped_steps}
-            for module in (raw, ema.module if ema is not None else None):
-                if module is not None:
-                    distributed.average_buffers(module, env)
-            if last or (config.eval_interval and (epoch + 1) % config.eval_interval == 0):
-                started = time.perf_counter()
-                show.close()  # the epoch's bar, so that the evaluation shows its own progress
-                evaluated = ema.module if ema is not None else raw
-                metrics.update(evaluate_splits(evaluated, data, config, autocast, env, show, final=last))
-                metrics["eval_seconds"] = time.perf_counter() - started
-                model.train()
-            metrics["wall_seconds"] = time.perf_counter() - wall_start
-            for cb in hooks_epoch:
-                metrics.update(cb.on_epoch_end(epoch, dict(metrics)) or {})
-            show.end_epoch(metrics)
-            with _writing(out, run, out / METRICS_FILE):
-                log.epoch(metrics)
-            run.wall_seconds = metrics["wall_seconds"]
-            if env.is_main:
-                evaluated = ema.module if ema is not None else raw
-                _write(out, run, save_model, out / MODEL_FILE, evaluated, card)
-                selection = "val_error" if "val" in data else "test_error"
-                if selection in metrics and (run.best is None or metrics[selection] < run.best[selection]):
-                    _write(out, run, save_model, out / BEST_FILE, evaluated, card)
-                    run.best = {"epoch": epoch, "iteration": run.iteration, selection: metrics[selection],
-                                "test_error": metrics["test_error"]}
-            result = _result(config, metrics, run.best, "val" in data) if last else None
-            if last and env.enabled:
-                result["ranks_identical"] = distributed.ranks_identical(raw, env)
-                if not result["ranks_identical"]:
-                    raise TrainingError("the processes ended with different weights; DDP lost synchronisation "
-                                        "(a rank-dependent random draw in the model?)")
-            save_checkpoint(finished=last, result=result)
-            if not last and stop.agreed(env, device):
-                raise TrainingInterrupted(stop.signum or signal.SIGTERM, out, run.iteration)
-    if env.is_main:
-        _write(out, run, write_json, out / RESULT_FILE, run.result)
-    return run.result
+def _describe_low_start(lr: LearningRate, config: TrainConfig) -> str:
+    low = lr.low_start
+    if low is None:
+        return ""
+    return (f"low-lr start (He et al. 2015): lr {low.lr:g} until the training error of the last "
+            f"{low.window} batches < {config.low_lr_until_error}, at most {low.max_iterations} iterations")
+
+
+def _describe_small_crops(data: TrainingData, config: TrainConfig, lr: LearningRate) -> str:
+    small_epochs = data.train.small_crop[1]
+    if not small_epochs:
+        return ""
+    total_epochs = math.ceil(lr.schedule.total_iterations / len(data.train))
+    first = "epoch 1" if small_epochs == 1 else f"epochs 1-{small_epochs}"
+    rest = ", the rest on full-size images" if small_epochs < total_epochs else " (every epoch; evaluation sees whole images)"
+    return f"small crops: {first} train on random {config.small_crop}x{config.small_crop} crops{rest}"
 
 
 # ------------------------------------------------------------------------------------------
 # The pieces the loop uses.
+
+
+def build_optimizer(config: TrainConfig, groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    """SGD with momentum (the papers'), or AdamW (Loshchilov & Hutter 2019) with ``momentum``
+    as its first beta; each group keeps its own weight decay."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(config.momentum, 0.999), foreach=True)
+    return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov, foreach=True)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
@@ -324,20 +404,19 @@ def describe_groups(groups: Sequence[dict]) -> str:
         f"weight decay {g['weight_decay']:g}" for g in groups)
 
 
-def evaluate_splits(model: nn.Module, data: dict[str, Any], config: TrainConfig, autocast, env: DistributedEnv,
+def evaluate_splits(model: nn.Module, data: TrainingData, config: TrainConfig, autocast, env: DistributedEnv,
                     show: Progress, *, final: bool) -> dict[str, float]:
     """The metrics of an evaluation: loss and error of each split, single view (cheap, for the
     curves); after the last epoch (``final``) also the test set with the run's test-time views
     (``test_*_views``), when it has any."""
     metrics: dict[str, float] = {}
-    for split in ("val", "test"):
-        if split in data:
-            metrics[f"{split}_loss"], metrics[f"{split}_error"] = evaluate(
-                model, data[split], autocast, env, progress=show.evaluation(f"{split}: single view"))
+    for split, loader in data.evaluation_splits().items():
+        metrics[f"{split}_loss"], metrics[f"{split}_error"] = evaluate(
+            model, loader, autocast, env, progress=show.evaluation(f"{split}: single view"))
     metrics["test_accuracy"] = 1.0 - metrics["test_error"]
     if final and (config.tta_flip or config.tta_translate):
         views = views_label(config.tta_flip, config.tta_translate)
-        loss, error = evaluate(model, data["test"], autocast, env, flip=config.tta_flip, translate=config.tta_translate,
+        loss, error = evaluate(model, data.test, autocast, env, flip=config.tta_flip, translate=config.tta_translate,
                                progress=show.evaluation(f"test: {views}", announce=True))
         metrics.update(test_loss_views=loss, test_error_views=error, test_accuracy_views=1.0 - error)
     return metrics
@@ -564,54 +643,6 @@ def _nonfinite_message(loss: float, iteration: int, epoch: int, out: Path, saved
             else "no checkpoint had been written yet")
     return (f"the training loss is {loss} at iteration {iteration} (epoch {epoch + 1}); training stopped and "
             f"{kept}. Lower the learning rate (--lr) or pass --skip-nonfinite to skip such steps")
-
-
-def _load_data(config: TrainConfig, env: DistributedEnv, device: torch.device) -> dict[str, Any]:
-    """The loaders ('train', 'test' and, with --val, 'val'), class names and normalisation."""
-    from reslab.data import BatchLoader, balanced_subset, channel_stats, load_dataset, split_validation
-
-    if not config.data:
-        raise DataError("no data set given: pass --data PATH (a folder with train/ and test/)")
-    show = env.is_main and config.progress != "quiet"
-    # Rank 0 decodes (or downloads) and fills the cache first; the other ranks then read the cache.
-    if not env.is_main:
-        distributed.barrier(env)
-    train_set = load_dataset(config.data, "train", cache_dir=config.cache_dir, download=config.download, progress=show)
-    test_set = load_dataset(config.data, "test", cache_dir=config.cache_dir, progress=show)
-    if env.is_main:
-        distributed.barrier(env)
-    # Subset and validation split use a fixed seed: every seed of a run trains on the same images.
-    if train_set.num_classes < 2:
-        raise DataError(f"{config.data} has {plural(train_set.num_classes, 'class')} ({', '.join(train_set.classes)}): "
-                        "a classifier needs at least 2, one folder each under train/ and test/")
-    if config.train_subset:
-        train_set = balanced_subset(train_set, config.train_subset, seed=0)
-    sets = {"train": train_set, "test": test_set}
-    if config.val:
-        sets["train"], sets["val"] = split_validation(train_set, config.val, seed=0)
-    for split in ("val", "test"):  # a fixed subset (seed 0): every epoch and every seed sees the same images
-        if config.eval_subset and split in sets and config.eval_subset < len(sets[split]):
-            sets[split] = balanced_subset(sets[split], config.eval_subset, seed=0)
-    mean, std = channel_stats(sets["train"])
-    common = dict(mean=mean, std=std, device=device, rank=env.rank, world_size=env.world_size,
-                  channels_last=config.channels_last)
-    check_tta_translate(config.tta_translate, train_set.image_size)
-    if config.small_crop > min(train_set.image_size):
-        raise DataError(f"--small-crop {config.small_crop} is larger than the {train_set.image_size[0]}x"
-                        f"{train_set.image_size[1]} images; give at most {min(train_set.image_size)}")
-    if config.batch_size > len(sets["train"]):
-        raise DataError(f"batch size {config.batch_size} is larger than the {len(sets['train'])} training images")
-    loaders: dict[str, Any] = {"train": BatchLoader(
-        sets["train"], config.batch_size, train=True, crop_padding=config.crop_padding, padding_mode=config.padding_mode,
-        flip=config.flip, alternating_flip=config.alternating_flip, cutout=config.cutout, seed=config.seed, **common)}
-    for split in ("val", "test"):
-        if split in sets:
-            loaders[split] = BatchLoader(sets[split], config.eval_batch_size * env.world_size, train=False, **common)
-    sizes = ", ".join(f"{len(s):,} {name}" for name, s in sets.items())
-    summary = (f"data: {sizes} images from {config.data}, {plural(train_set.num_classes, 'class')}; "
-               f"mean {tuple(round(m, 4) for m in mean)} std {tuple(round(s, 4) for s in std)}")
-    return {**loaders, "train_images": sets["train"].images, "classes": train_set.classes, "mean": mean, "std": std,
-            "input_size": train_set.image_size[0], "summary": summary}
 
 
 def _check_same_classes(saved: Optional[list[str]], found: list[str], data: str) -> None:
