@@ -194,7 +194,7 @@ def test_channels_last_bf16_autocast_and_grad_checkpoint():
     torch.manual_seed(0)
     plain = create_model("resnet56")
     ckpt = copy.deepcopy(plain)
-    ckpt.grad_checkpoint = True
+    ckpt.set_grad_checkpointing()
     x = torch.randn(2, 3, 32, 32)
     plain(x).sum().backward()
     ckpt(x).sum().backward()

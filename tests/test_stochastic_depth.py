@@ -138,7 +138,7 @@ def test_gradient_checkpointing_replays_the_same_drop_decisions():
     torch.manual_seed(0)
     model = create_model("resnet20", stochastic_depth=0.5)
     checkpointed = copy.deepcopy(model)
-    checkpointed.grad_checkpoint = True
+    checkpointed.set_grad_checkpointing()
     x = torch.randn(4, 3, 32, 32)
     for m in (model, checkpointed):
         torch.manual_seed(5)

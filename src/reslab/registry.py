@@ -22,7 +22,9 @@ from typing import Any, Optional
 from torch import nn
 
 # Overrides that create_model handles itself for every model.
-STOCHASTIC_DEPTH_OVERRIDES = ("stochastic_depth", "drop_mode", "drop_scaling")
+STOCHASTIC_DEPTH_OVERRIDES = ("stochastic_depth", "drop_mode", "drop_scaling", "drop_path_rate")
+# timm's features_only models (reslab.models.features), also handled here for every model.
+FEATURE_OVERRIDES = ("features_only", "out_indices")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class ModelInfo:
         if isinstance(built, type):
             names |= {p.name for p in inspect.signature(built.__init__).parameters.values()
                       if p.default is not p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-        return names | set(STOCHASTIC_DEPTH_OVERRIDES)
+        return names | set(STOCHASTIC_DEPTH_OVERRIDES) | set(FEATURE_OVERRIDES)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -113,10 +115,21 @@ def create_model(name: str, num_classes: Optional[int] = None, pretrained: bool 
     (Huang et al. 2016); ``drop_mode`` is ``'batch'`` (the paper) or ``'sample'`` (timm),
     ``drop_scaling`` is ``'paper'`` or ``'inverted'``. Other overrides go to the model's
     constructor; an unknown one raises an error listing the close matches.
+
+    timm's options: ``drop_path_rate=r`` (per-sample drop rising linearly from 0 at the first block
+    to r at the last; not with ``stochastic_depth``), ``global_pool``, ``num_classes=0`` (no
+    classifier: pooled features), ``features_only=True`` with ``out_indices`` (a
+    :class:`~reslab.models.features.FeatureExtractor`). See docs/model-api.md.
     """
-    from reslab.models.layers import set_stochastic_depth
+    from reslab.models.layers import set_drop_path_rate, set_stochastic_depth
 
     info = model_info(name)
+    if any(key in overrides for key in FEATURE_OVERRIDES):
+        return _feature_extractor(info.name, num_classes, pretrained, overrides)
+    if pretrained and num_classes == 0:  # timm's idiom for a trained backbone: its pooled features
+        model = create_model(info.name, None, True, **overrides)
+        model.reset_classifier(0)
+        return model
     if pretrained:
         from reslab.pretrained import load_pretrained
 
@@ -134,12 +147,35 @@ def create_model(name: str, num_classes: Optional[int] = None, pretrained: bool 
     if num_classes is not None:
         overrides["num_classes"] = num_classes
     sd = {k: overrides.pop(k) for k in STOCHASTIC_DEPTH_OVERRIDES if k in overrides}
+    if sd.get("drop_path_rate") is not None and (sd.get("stochastic_depth") is not None or set(sd) & {"drop_mode", "drop_scaling"}):
+        raise ValueError("give drop_path_rate (timm's, per sample) or stochastic_depth (Huang et al.'s p_L), not both: "
+                         "drop_path_rate=r is stochastic_depth=1-r with drop_mode='sample', drop_scaling='inverted' "
+                         "on a schedule starting at 0")
     model = info.builder(**overrides)
-    if sd.get("stochastic_depth") is not None:
+    if sd.get("drop_path_rate") is not None:
+        set_drop_path_rate(model, sd["drop_path_rate"])
+    elif sd.get("stochastic_depth") is not None:
         set_stochastic_depth(model, sd["stochastic_depth"], sd.get("drop_mode", "batch"), sd.get("drop_scaling", "paper"))
-    elif set(sd) - {"stochastic_depth"}:
+    elif set(sd) & {"drop_mode", "drop_scaling"}:
         raise ValueError("drop_mode and drop_scaling need stochastic_depth=p_L (e.g. 0.5)")
     return model
+
+
+def _feature_extractor(name: str, num_classes: Optional[int], pretrained: bool, overrides: dict[str, Any]) -> nn.Module:
+    """``create_model(name, features_only=True, out_indices=...)``: the model's feature maps (timm)."""
+    from reslab.models.features import FeatureExtractor
+
+    overrides = dict(overrides)
+    features_only = overrides.pop("features_only", False)
+    out_indices = overrides.pop("out_indices", None)
+    if not features_only:
+        if out_indices is not None:
+            raise ValueError("out_indices chooses the feature maps of features_only=True; add features_only=True")
+        return create_model(name, num_classes, pretrained, **overrides)
+    if num_classes:
+        raise ValueError(f"features_only=True returns feature maps and has no classifier; drop num_classes={num_classes}")
+    model = create_model(name, None, pretrained, **overrides)
+    return FeatureExtractor(model, out_indices)
 
 
 _FAMILIES_LOADED = False

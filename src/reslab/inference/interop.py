@@ -14,6 +14,15 @@ What does need handling is how files wrap the weights: ``{"state_dict": ...}``, 
 torchvision files without BN's ``num_batches_tracked`` (PyTorch < 0.4.1), filled with 0 as
 ``BatchNorm`` itself does. Files are read without running code: safetensors, or
 ``torch.load(weights_only=True)``.
+
+Other layouts (:mod:`reslab.inference.flavours`, which also says how each is recognised) are
+renamed on the way in and out: timm's DPN (``'timm-dpn'``) and pre-activation ResNetV2
+(``'timm-resnetv2'``), and the CIFAR ResNets of akamaster/pytorch_resnet_cifar10
+(``'akamaster'``) and chenyaofo/pytorch-cifar-models (``'chenyaofo'``). Where a file fits a model
+by its shapes but not by what the model computes (an akamaster file in a model whose option-A
+shortcut pads zeros at the end, a timm DPN file in a DPN ending in ReLU instead of timm's ELU),
+loading is refused with the option that makes them agree; :func:`load_foreign_model` builds the
+right model from the file itself.
 """
 
 from __future__ import annotations
@@ -29,10 +38,11 @@ from torch import Tensor, nn
 from reslab.checkpoint import (atomic_torch_save, atomic_write_bytes, is_safetensors, load_torch_file, load_weights,
                                read_checkpoint, unwrap)
 from reslab.errors import CheckpointError
+from reslab.inference.flavours import FOREIGN_FLAVOURS, detect_flavour, from_reslab, to_reslab
 
 PathLike = Union[str, os.PathLike]
 StateSource = Union[PathLike, Mapping[str, Tensor]]
-FLAVOURS = ("torchvision", "timm")
+FLAVOURS = ("torchvision", "timm", *FOREIGN_FLAVOURS)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the normalisation torchvision's and timm's ResNet weights expect
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
@@ -89,14 +99,106 @@ def _fill_num_batches_tracked(model: nn.Module, state: dict[str, Tensor]) -> dic
     return filled
 
 
-def load_foreign_state_dict(model: nn.Module, source: StateSource, flavour: str) -> nn.Module:
-    """Load a ``flavour`` ('torchvision' or 'timm') state dict into ``model``, strictly; an error
-    names missing, unexpected and reshaped keys."""
-    if flavour not in FLAVOURS:
-        raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
-    state = _fill_num_batches_tracked(model, read_state_dict(source))
+def load_foreign_state_dict(model: nn.Module, source: StateSource, flavour: str = "auto") -> nn.Module:
+    """Load a ``flavour`` state dict (one of ``FLAVOURS``, or ``'auto'`` to recognise it) into
+    ``model``, strictly; an error names missing, unexpected and reshaped keys, a file of another
+    flavour than the one given, and a model that would compute something else with it."""
+    if flavour not in (*FLAVOURS, "auto"):
+        raise ValueError(f"flavour must be 'auto' or one of {', '.join(FLAVOURS)}; got {flavour!r}")
+    state = read_state_dict(source)
     name = str(source) if isinstance(source, (str, os.PathLike)) else f"the {flavour} state dict"
-    return load_weights(model, state, name)
+    found = _detected(state)
+    if flavour == "auto":
+        flavour = found or "torchvision"
+    elif found in FOREIGN_FLAVOURS and found != flavour:
+        raise CheckpointError(f"{name} holds a {found!r} state dict, not {flavour!r}: pass flavour={found!r} (or 'auto')")
+    if flavour in FOREIGN_FLAVOURS:
+        check_meaning(model, flavour)
+        state = to_reslab(state, flavour)
+    return load_weights(model, _fill_num_batches_tracked(model, state), name)
+
+
+def _detected(state: Mapping[str, Tensor]) -> Optional[str]:
+    try:
+        return detect_flavour(state)
+    except ValueError:
+        return None
+
+
+def check_meaning(model: nn.Module, flavour: str) -> None:
+    """Raise ``CheckpointError`` where ``model`` takes ``flavour``'s weights by shape but would
+    compute something else with them, naming the option that makes it compute the same."""
+    from reslab.models.dpn import DPN
+    from reslab.models.layers import ZeroPadShortcut
+
+    model = unwrap(model)
+    if flavour == "akamaster":
+        pads = [m for m in model.modules() if isinstance(m, ZeroPadShortcut)]
+        if not pads or any(m.placement != "both" or m.pool != "subsample" for m in pads):
+            raise CheckpointError("akamaster's option-A shortcuts pad the new channels with zeros on both sides; build the "
+                                  "model with shortcut='A', zero_pad='both' (or use load_foreign_model)")
+    if flavour == "chenyaofo" and any(isinstance(m, ZeroPadShortcut) for m in model.modules()):
+        raise CheckpointError("chenyaofo's CIFAR ResNets project with 1x1 conv + BN where the shape changes; build the "
+                              "model with shortcut='B' (or use load_foreign_model)")
+    if flavour == "timm-resnetv2" and not isinstance(getattr(model, "bn1", None), nn.Identity):
+        raise CheckpointError("timm's resnetv2 stem is conv + max-pool without BN; build the pre-activation model with "
+                              "stem_bn=False (or use load_foreign_model)")
+    if flavour == "timm-dpn" and not (isinstance(model, DPN) and isinstance(model.final_bn[1], nn.ELU)):
+        raise CheckpointError("timm's DPN ends in BN-ELU (the authors' code in BN-ReLU); build the DPN with "
+                              "final_activation='elu' (or use load_foreign_model)")
+
+
+def load_foreign_model(source: StateSource, flavour: str = "auto") -> nn.Module:
+    """Build the reslab model that ``source`` (a timm DPN or ResNetV2, akamaster or chenyaofo
+    CIFAR ResNet state dict) fits, with the options that make it compute what its library did
+    (:func:`foreign_model_spec`), and load it; in eval mode."""
+    from reslab.registry import create_model
+
+    state = read_state_dict(source)
+    flavour = (_detected(state) or "unknown") if flavour == "auto" else flavour
+    if flavour not in FOREIGN_FLAVOURS:
+        raise CheckpointError(f"load_foreign_model reads {', '.join(FOREIGN_FLAVOURS)} state dicts, not {flavour}; "
+                              "load torchvision/timm ResNets into create_model(name) with load_foreign_state_dict")
+    renamed = to_reslab(state, flavour)
+    name, options = foreign_model_spec(renamed, flavour)
+    model = create_model(name, **options)
+    source_name = str(source) if isinstance(source, (str, os.PathLike)) else f"the {flavour} state dict"
+    return load_weights(model, _fill_num_batches_tracked(model, renamed), source_name).eval()
+
+
+def foreign_model_spec(state: Mapping[str, Tensor], flavour: str) -> tuple[str, dict[str, Any]]:
+    """The registered model and options that take ``state`` (already in reslab's names) of
+    ``flavour``: the depth from the blocks per stage, the classes from ``fc``, and the options
+    that make reslab compute what the library did."""
+    from reslab.models.dpn import IMAGENET_CONFIGS
+
+    stages = _blocks_per_stage(state)
+    options: dict[str, Any] = {"num_classes": int(state["fc.weight"].shape[0])}
+    if flavour in ("akamaster", "chenyaofo"):
+        options.update({"zero_pad": "both"} if flavour == "akamaster" else {"shortcut": "B"})
+        return f"resnet{6 * stages[0] + 2}", options
+    if flavour == "timm-dpn":
+        name = next((n for n, config in IMAGENET_CONFIGS.items() if tuple(config[3]) == tuple(stages)), None)
+        if name is None:
+            raise CheckpointError(f"no DPN of reslab has {stages} blocks per stage (dpn68/92/98/107/131 have "
+                                  f"{', '.join(str(c[3]) for c in IMAGENET_CONFIGS.values())})")
+        return name, {**options, "final_activation": "elu"}
+    bottleneck = "layer1.0.conv3.weight" in state
+    depth = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 50 if bottleneck else 34, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152,
+             (3, 24, 36, 3): 200}.get(tuple(stages))
+    if depth is None:
+        raise CheckpointError(f"no pre-activation ResNet of reslab has {stages} blocks per stage")
+    return f"preact_resnet{depth}", {**options, "stem_bn": False}
+
+
+def _blocks_per_stage(state: Mapping[str, Tensor]) -> list[int]:
+    """Blocks per stage ``layerN`` of a state dict in reslab's names."""
+    blocks: dict[int, set[int]] = {}
+    for key in state:
+        parts = key.split(".")
+        if parts[0].startswith("layer") and len(parts) > 1 and parts[1].isdigit():
+            blocks.setdefault(int(parts[0][5:]), set()).add(int(parts[1]))
+    return [len(blocks[i]) for i in sorted(blocks)]
 
 
 def load_torchvision_state_dict(model: nn.Module, source: StateSource) -> nn.Module:
@@ -155,13 +257,18 @@ def check_standard_layout(model: nn.Module) -> None:
 
 
 def export_state_dict(model: nn.Module, path: PathLike, flavour: str = "torchvision") -> Path:
-    """Write ``model``'s weights with ``flavour``'s key names ('torchvision' or 'timm'; the same
-    names, see the module docstring): a ``.safetensors`` file, or a ``torch.save`` file
-    (``.pth``) that both libraries' ``load_state_dict`` take as it is."""
+    """Write ``model``'s weights with ``flavour``'s key names (one of ``FLAVOURS``; 'torchvision'
+    and 'timm' are the same names, see the module docstring): a ``.safetensors`` file, or a
+    ``torch.save`` file (``.pth``) that the library's ``load_state_dict`` takes as it is."""
     if flavour not in FLAVOURS:
-        raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
-    check_standard_layout(model)
+        raise ValueError(f"flavour must be one of {', '.join(FLAVOURS)}; got {flavour!r}")
+    if flavour in FOREIGN_FLAVOURS:
+        check_meaning(model, flavour)
+    else:
+        check_standard_layout(model)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in unwrap(model).state_dict().items()}
+    if flavour in FOREIGN_FLAVOURS:
+        state = from_reslab(state, flavour)
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import save

@@ -30,12 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reslab.models.features import FeatureStep, stem_and_stage_steps
 from reslab.models.layers import ClassifierNet, ResidualBlock, init_weights
 from reslab.registry import register_model
 
 CHEN2017 = "Chen et al. 2017, Dual Path Networks"
 # MXNet's BN epsilon, kept by the PyTorch port, so that its weights give the same outputs.
 BN_EPS = 1e-3
+# The activation after the final BN: ReLU in the authors' MXNet code ("conv5_x_x__relu-sp"),
+# ELU in timm's port (``fc_act_layer='elu'``), with which its converted weights are evaluated.
+FINAL_ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU}
 
 
 class BNReLUConv(nn.Sequential):
@@ -90,6 +94,8 @@ class DPN(ClassifierNet):
     dense path growing by ``dense_increments[i]`` per block. Its first block projects
     (stride 1 in the first stage, 2 after). ``stem``: ``'imagenet'`` = conv7x7/2-BN-ReLU-maxpool3x3/2
     (``'imagenet_small'``: a 3x3/2 conv, DPN-68), ``'cifar'`` = conv3x3-BN-ReLU, no pooling.
+    ``final_activation``: after the final BN, ``'relu'`` (the authors' code) or ``'elu'`` (timm's
+    DPN, needed for its weights).
     """
 
     def __init__(
@@ -104,8 +110,12 @@ class DPN(ClassifierNet):
         stem_width: int = 64,
         num_classes: int = 1000,
         in_channels: int = 3,
+        global_pool: str = "avg",
+        final_activation: str = "relu",
     ) -> None:
         super().__init__()
+        if final_activation not in FINAL_ACTIVATIONS:
+            raise ValueError(f"final_activation must be 'relu' (the authors' DPN) or 'elu' (timm's), got {final_activation!r}")
         if not len(depths) == len(dense_increments) == len(residual_widths) == 4 or min(depths) < 1:
             raise ValueError(f"a DPN has 4 stages with one positive depth, dense increment and residual width each; "
                              f"got depths={list(depths)} dense_increments={list(dense_increments)} "
@@ -117,6 +127,9 @@ class DPN(ClassifierNet):
         self.bn1 = nn.BatchNorm2d(stem_width, eps=BN_EPS)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity() if stem == "cifar" else nn.MaxPool2d(3, 2, 1)
+        self.stem_width = stem_width
+        self.stem_stride = stride
+        self.stage_channels = []
 
         width = stem_width
         for i, (depth, increment, residual_width) in enumerate(zip(depths, dense_increments, residual_widths)):
@@ -126,11 +139,19 @@ class DPN(ClassifierNet):
                                             stride=2 if i > 0 and j == 0 else 1, projection=j == 0))
                 width = residual_width + (j + 3) * increment  # the projection's 2k, then k per block
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-        self.final_bn = nn.Sequential(nn.BatchNorm2d(width, eps=BN_EPS), nn.ReLU(inplace=True))
-        self._build_head(width, num_classes)
+            self.stage_channels.append(width)
+        self.final_bn = nn.Sequential(nn.BatchNorm2d(width, eps=BN_EPS), FINAL_ACTIVATIONS[final_activation](inplace=True))
+        self._build_head(width, num_classes, global_pool=global_pool)
         init_weights(self)
 
+    @torch.jit.unused
+    def feature_steps(self) -> list[FeatureStep]:
+        """The stem's output (before the max-pool), then each stage's (both paths concatenated)."""
+        return stem_and_stage_steps(self, [f"layer{i + 1}" for i in range(len(self.stage_channels))], self.stage_channels)
+
     def forward_features(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._features_by_steps(x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.final_bn(self.layer4(self.layer3(self.layer2(self.layer1(x)))))
 

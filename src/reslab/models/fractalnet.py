@@ -31,11 +31,13 @@ briefly to rebuild, so ``fractalnet40`` keeps the uniform widths.
 # (types of attributes it must script) and cannot resolve them as strings.
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 
+from reslab.models.features import FeatureStep
 from reslab.models.layers import ClassifierNet, conv3x3
 from reslab.registry import register_model
 
@@ -151,6 +153,7 @@ class FractalNet(ClassifierNet):
         global_drop_path: float = 0.0,
         num_classes: int = 10,
         in_channels: int = 3,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         if columns < 1 or blocks < 1:
@@ -169,9 +172,11 @@ class FractalNet(ClassifierNet):
             self.blocks.append(FractalPath(columns, in_channels, width, p))
             in_channels = width
         self.pool = nn.MaxPool2d(2)
-        self._build_head(in_channels, num_classes)
+        self.channels = channels
+        self._build_head(in_channels, num_classes, global_pool=global_pool)
         self.global_drop_path = 0.0
         self.global_column = -1
+        self.forward_column = -1  # the column of the pass in progress (set once per pass)
         self.eval_column = None
         self.set_drop_path(local_drop_path, global_drop_path)
         for m in self.modules():
@@ -205,7 +210,27 @@ class FractalNet(ClassifierNet):
             raise ValueError(f"eval_column must be None or a column in [0, {self.num_columns - 1}], got {column}")
         return column
 
+    def _start_forward(self) -> None:
+        self.forward_column = self._active_column()
+
+    @torch.jit.unused
+    def _run_block(self, block: FractalPath, x: Tensor) -> Tensor:
+        return block(x) if self.forward_column < 0 else block.column(x, self.forward_column)
+
+    @torch.jit.unused
+    def feature_steps(self) -> list[FeatureStep]:
+        """Each fractal block's output (before its max-pool); the pool starts the next level."""
+        return [FeatureStep(f"blocks.{i}", width, 2**i, [partial(self._run_block, block)],
+                            pre=[self.pool] if i else [])
+                for i, (width, block) in enumerate(zip(self.channels, self.blocks))]
+
+    @torch.jit.unused
+    def features_tail(self) -> Optional[nn.Module]:
+        return self.pool
+
     def forward_features(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._features_by_steps(x)
         column = self._active_column()
         for block in self.blocks:
             x = self.pool(block(x) if column < 0 else block.column(x, column))

@@ -17,10 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reslab.models.features import FeatureNet
+
 DROP_MODES = ("batch", "sample")
 DROP_SCALINGS = ("paper", "inverted")
 GRADIENT_ROUTES = ("both", "branch", "skip")
 SHORTCUT_OPTIONS = ("A", "B", "C")
+ZERO_PAD_PLACEMENTS = ("end", "both")
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -89,18 +92,24 @@ class ZeroPadShortcut(nn.Module):
     """Shortcut option A: subsample by the stride, zero-pad the new channels (no parameters).
 
     He et al. 2015, sec. 3.3 and 4.2. ``pool='avg'`` averages instead of subsampling, as the
-    stochastic-depth code does.
+    stochastic-depth code does. ``placement='end'`` appends the zero channels (fb.resnet.torch's
+    concatenation); ``'both'`` puts half before and half after the input's channels, as
+    akamaster/pytorch_resnet_cifar10 (``planes // 4`` each side), whose weights need it.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, pool: str = "subsample") -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, pool: str = "subsample",
+                 placement: str = "end") -> None:
         super().__init__()
         if out_channels < in_channels:
             raise ValueError("option A can only add channels; use shortcut='B' to reduce them")
         if pool not in ("subsample", "avg"):
             raise ValueError(f"pool must be 'subsample' or 'avg', got {pool!r}")
+        if placement not in ZERO_PAD_PLACEMENTS:
+            raise ValueError(f"zero_pad must be one of {ZERO_PAD_PLACEMENTS}, got {placement!r}")
         self.extra_channels = out_channels - in_channels
         self.stride = stride
         self.pool = pool
+        self.placement = placement
 
     def forward(self, x: Tensor) -> Tensor:
         if self.stride > 1:
@@ -109,11 +118,12 @@ class ZeroPadShortcut(nn.Module):
             else:
                 x = x[:, :, :: self.stride, :: self.stride]
         if self.extra_channels:
-            x = F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+            before = self.extra_channels // 2 if self.placement == "both" else 0
+            x = F.pad(x, (0, 0, 0, 0, before, self.extra_channels - before))
         return x
 
     def extra_repr(self) -> str:
-        return f"stride={self.stride}, extra_channels={self.extra_channels}, pool={self.pool}"
+        return f"stride={self.stride}, extra_channels={self.extra_channels}, pool={self.pool}, placement={self.placement}"
 
 
 def make_shortcut(option: str, in_channels: int, out_channels: int, stride: int) -> Optional[nn.Module]:
@@ -188,33 +198,88 @@ class ResidualBlock(nn.Module):
         return self.merge(identity, residual)
 
 
-class ClassifierNet(nn.Module):
-    """Base of the zoo's networks: ``forward_features`` (the subclass's stem and stages), then
-    global average pooling, optional dropout and ``fc`` -- timm's ``forward_features`` /
-    ``forward_head`` / ``reset_classifier`` interface on every model."""
+POOL_TYPES = ("avg", "max", "avgmax", "catavgmax", "")
 
-    def _build_head(self, num_features: int, num_classes: int, dropout: float = 0.0) -> None:
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+
+class GlobalPool(nn.Module):
+    """Global pooling of the head, timm's ``global_pool`` types: ``'avg'`` (He et al. 2015),
+    ``'max'``, ``'avgmax'`` (their mean), ``'catavgmax'`` (both, concatenated: twice the
+    features), ``''`` (none: the map passes through unflattened)."""
+
+    def __init__(self, pool_type: str = "avg") -> None:
+        super().__init__()
+        if pool_type is None:
+            pool_type = ""
+        if pool_type not in POOL_TYPES:
+            raise ValueError(f"global_pool must be one of 'avg', 'max', 'avgmax', 'catavgmax' or '' (no pooling), got {pool_type!r}")
+        self.pool_type = pool_type
+
+    def feature_multiplier(self) -> int:
+        return 2 if self.pool_type == "catavgmax" else 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.pool_type == "":
+            return x
+        if self.pool_type == "avg":
+            return x.mean((2, 3))
+        peak = x.amax((2, 3))
+        if self.pool_type == "max":
+            return peak
+        if self.pool_type == "avgmax":
+            return 0.5 * (x.mean((2, 3)) + peak)
+        return torch.cat([x.mean((2, 3)), peak], 1)
+
+    def extra_repr(self) -> str:
+        return f"pool_type={self.pool_type!r}"
+
+
+class ClassifierNet(FeatureNet):
+    """Base of the zoo's networks: ``forward_features`` (the subclass's stem and stages), then
+    global pooling, optional dropout and ``fc`` -- timm's ``forward_features`` /
+    ``forward_head`` / ``get_classifier`` / ``reset_classifier`` interface on every model, and
+    (from :class:`~reslab.models.features.FeatureNet`) its feature interface.
+
+    ``num_classes=0`` removes the classifier (``fc`` is the identity: pooled features come out);
+    ``global_pool`` is a :class:`GlobalPool` type.
+    """
+
+    def _build_head(self, num_features: int, num_classes: int, dropout: float = 0.0, global_pool: str = "avg") -> None:
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"head dropout must be in [0, 1), got {dropout}")
         self.num_features = num_features
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.grad_checkpointing = False
         self.head_dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-        self.fc = nn.Linear(num_features, num_classes)
+        self.reset_classifier(num_classes, global_pool)
 
     def forward_features(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def forward_head(self, x: Tensor) -> Tensor:
-        return self.fc(self.head_dropout(self.avgpool(x).flatten(1)))
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pooling, dropout and ``fc``; ``pre_logits=True`` stops before ``fc`` (timm)."""
+        x = self.head_dropout(self.global_pool(x))
+        return x if pre_logits else self.fc(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """A new, freshly initialised ``fc`` with ``num_classes`` outputs (fine-tuning)."""
-        self.fc = nn.Linear(self.num_features, num_classes)
+    @torch.jit.unused
+    def get_classifier(self) -> nn.Module:
+        """The classifier, ``fc`` (``nn.Identity`` when removed)."""
+        return self.fc
+
+    @torch.jit.unused
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new, freshly initialised ``fc`` with ``num_classes`` outputs (fine-tuning); 0 removes it
+        (pooled features come out, as timm). ``global_pool`` sets the pooling (``None`` keeps it)."""
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0 (0 removes the classifier), got {num_classes!r}")
+        pool = GlobalPool(self.global_pool.pool_type if global_pool is None and hasattr(self, "global_pool") else
+                          ("avg" if global_pool is None else global_pool))
+        if pool.pool_type == "" and num_classes:
+            raise ValueError("global_pool='' (no pooling) needs num_classes=0: a linear classifier takes pooled features")
+        self.num_classes = num_classes
+        self.global_pool = pool
+        self.fc = nn.Linear(self.num_features * pool.feature_multiplier(), num_classes) if num_classes else nn.Identity()
 
 
 def init_weights(model: nn.Module, zero_init_residual: bool = False) -> None:
@@ -259,3 +324,25 @@ def set_stochastic_depth(
     for (_, block), p in zip(blocks, survivals):
         block.drop_path = StochasticDepth(p, mode, scaling)
     return survivals
+
+
+def set_drop_path_rate(model: nn.Module, rate: float) -> list[float]:
+    """timm's ``drop_path_rate``: block i of N drops its branch with probability
+    ``rate * i / (N - 1)`` (0 at the first block, ``rate`` at the last), per sample, the kept
+    branches scaled by 1 / (1 - p_i) in training (``StochasticDepth(1 - p_i, 'sample', 'inverted')``).
+
+    Compared with ``set_stochastic_depth(model, p_L)`` (Huang et al. 2016: survival
+    1 - (l / L)(1 - p_L) for l = 1..L, so the first block already drops), the last block gets the
+    same probability for ``rate = 1 - p_L``; the others drop a little less. Returns the drop
+    probabilities in network order.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_path_rate is the last block's drop probability, in [0, 1); got {rate}")
+    blocks = residual_blocks(model)
+    if rate > 0.0 and not blocks:
+        own = "; its own drop-path is local_drop_path= and global_drop_path=" if hasattr(model, "set_drop_path") else ""
+        raise ValueError(f"{type(model).__name__} has no residual blocks, so drop_path_rate does not apply{own}")
+    rates = torch.linspace(0.0, rate, len(blocks)).tolist() if len(blocks) > 1 else [0.0] * len(blocks)
+    for (_, block), p in zip(blocks, rates):
+        block.drop_path = StochasticDepth(1.0 - p, "sample", "inverted")
+    return rates

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reslab.models.features import FeatureStep, stem_and_stage_steps
 from reslab.models.layers import ClassifierNet, ResidualBlock, conv3x3, init_weights
 from reslab.models.resnet import BasicLayers, PostActivationBlock, ResNet, cifar_resnet
 from reslab.registry import register_model
@@ -116,7 +117,7 @@ class DMRNet(ClassifierNet):
     """
 
     def __init__(self, depth: int = 56, widen_factor: int = 1, *, num_classes: int = 10, in_channels: int = 3,
-                 dropout: float = 0.0, zero_init_residual: bool = False) -> None:
+                 dropout: float = 0.0, zero_init_residual: bool = False, global_pool: str = "avg") -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"a DMRNet has depth 6n+2 along one stream (26, 32, 50, 56, 110), got {depth}")
@@ -127,6 +128,9 @@ class DMRNet(ClassifierNet):
         self.conv1 = conv3x3(in_channels, width)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
+        self.stem_width, self.stem_stride = width, 1
+        # Per level, both streams' channels; the last unit joins them into one stream.
+        self.stage_channels = [STREAMS * width, STREAMS * 2 * width, 4 * width]
         in_channels, in_streams = width, 1
         for stage in range(3):
             planes, blocks = width * 2**stage, []
@@ -136,10 +140,17 @@ class DMRNet(ClassifierNet):
                                                1 if last else STREAMS, dropout))
                 in_channels, in_streams = planes, STREAMS
             self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
-        self._build_head(in_channels, num_classes)
+        self._build_head(in_channels, num_classes, global_pool=global_pool)
         init_weights(self, zero_init_residual)
 
+    @torch.jit.unused
+    def feature_steps(self) -> list[FeatureStep]:
+        """The stem's output, then each stage's (both streams stacked, one stream after the last unit)."""
+        return stem_and_stage_steps(self, ["layer1", "layer2", "layer3"], self.stage_channels)
+
     def forward_features(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._features_by_steps(x)
         return self.layer3(self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x))))))
 
 

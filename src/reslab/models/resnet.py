@@ -18,9 +18,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from reslab.models.layers import ClassifierNet, ResidualBlock, conv1x1, conv3x3, init_weights, make_shortcut
+from reslab.models.features import FeatureStep, stem_and_stage_steps
+from reslab.models.layers import (ZERO_PAD_PLACEMENTS, ClassifierNet, ResidualBlock, ZeroPadShortcut, conv1x1, conv3x3,
+                                  init_weights, make_shortcut)
 from reslab.registry import register_model
 
 HE2015 = "He et al. 2015, Deep Residual Learning"
@@ -125,8 +126,11 @@ class ResNet(ClassifierNet):
     gets a stem without BN-ReLU on CIFAR and a final BN-ReLU (``final_bn``) before pooling.
 
     stem: ``'imagenet'`` = conv7x7/2-BN-ReLU-maxpool3x3/2; ``'cifar'`` = conv3x3-BN-ReLU.
-    ``grad_checkpoint=True`` recomputes each stage in the backward pass to save memory
-    (BN running statistics then see each batch twice).
+    ``stem_bn=False`` leaves out the stem's BN-ReLU (the default for pre-activation CIFAR nets;
+    for pre-activation ImageNet nets it is timm's ``resnetv2_*`` layout, conv7x7/2-maxpool).
+    ``zero_pad`` places option A's zero channels (:class:`ZeroPadShortcut`).
+    ``grad_checkpoint=True`` is ``set_grad_checkpointing()``: each block is recomputed in the
+    backward pass to save memory (BN running statistics then see each batch twice).
     """
 
     def __init__(
@@ -146,6 +150,9 @@ class ResNet(ClassifierNet):
         in_channels: int = 3,
         zero_init_residual: bool = False,
         grad_checkpoint: bool = False,
+        global_pool: str = "avg",
+        stem_bn: Optional[bool] = None,
+        zero_pad: str = "end",
     ) -> None:
         super().__init__()
         if stem not in ("imagenet", "cifar"):
@@ -156,19 +163,22 @@ class ResNet(ClassifierNet):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         preact = getattr(block, "preactivation", False)
-        self.grad_checkpoint = grad_checkpoint
+        if stem_bn is None:  # a pre-activation net on CIFAR starts with a bare conv: its first unit pre-activates
+            stem_bn = not (preact and stem == "cifar")
 
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_channels, stem_width, 7, 2, 3, bias=False)
         else:
             self.conv1 = conv3x3(in_channels, stem_width)
-        # A pre-activation net on CIFAR starts with a bare conv: its first unit pre-activates.
-        self.bn1 = nn.Identity() if preact and stem == "cifar" else nn.BatchNorm2d(stem_width)
-        self.relu = nn.Identity() if preact and stem == "cifar" else nn.ReLU(inplace=True)
+        self.bn1 = nn.BatchNorm2d(stem_width) if stem_bn else nn.Identity()
+        self.relu = nn.ReLU(inplace=True) if stem_bn else nn.Identity()
         self.maxpool = nn.MaxPool2d(3, 2, 1) if stem == "imagenet" else nn.Identity()
+        self.stem_width = stem_width
+        self.stem_stride = 2 if stem == "imagenet" else 1
 
         width = stem_width
         self.stage_names = [f"layer{i + 1}" for i in range(len(depths))]
+        self.stage_channels = [p * block.expansion for p in planes]
         for i, (name, depth, p) in enumerate(zip(self.stage_names, depths, planes)):
             stride = 1 if i == 0 else 2
             blocks = []
@@ -176,10 +186,17 @@ class ResNet(ClassifierNet):
                 blocks.append(block(width, p, stride if j == 0 else 1, shortcut, groups, width_per_group, dropout))
                 width = p * block.expansion
             self.add_module(name, nn.Sequential(*blocks))
+        pads = [m for m in self.modules() if isinstance(m, ZeroPadShortcut)]
+        if zero_pad != "end" and (zero_pad not in ZERO_PAD_PLACEMENTS or not pads):
+            raise ValueError(f"zero_pad={zero_pad!r} places option A's zero channels ('end' or 'both'); "
+                             f"this model has {'none' if not pads else 'them'} (shortcut={shortcut!r})")
+        for pad in pads:
+            pad.placement = zero_pad
         for i in range(len(depths), MAX_STAGES):  # absent stages: no parameters, no state-dict keys
             self.add_module(f"layer{i + 1}", nn.Identity())
         self.final_bn = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(inplace=True)) if preact else nn.Identity()
-        self._build_head(width, num_classes, head_dropout)
+        self._build_head(width, num_classes, head_dropout, global_pool)
+        self.grad_checkpointing = grad_checkpoint
         init_weights(self, zero_init_residual)
 
     @torch.jit.unused
@@ -188,17 +205,15 @@ class ResNet(ClassifierNet):
         return [getattr(self, name) for name in self.stage_names]
 
     @torch.jit.unused
-    def _checkpointed_stages(self, x: Tensor) -> Tensor:
-        for stage in self.stages():
-            x = checkpoint(stage, x, use_reentrant=False)
-        return x
+    def feature_steps(self) -> list[FeatureStep]:
+        """The stem's output (after its ReLU, before the max-pool, as timm), then each stage's."""
+        return stem_and_stage_steps(self, self.stage_names, self.stage_channels)
 
     def forward_features(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._features_by_steps(x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        if self.grad_checkpoint and self.training and not torch.jit.is_scripting():
-            x = self._checkpointed_stages(x)
-        else:  # written out so that the model scripts
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # written out so that the model scripts
         return self.final_bn(x)
 
 
