@@ -230,3 +230,10 @@ def test_a_torch_checkpoint_renamed_safetensors_is_named_as_one(tmp_path, capsys
         read_checkpoint(path)
     assert main(["export", str(path), "--format", "state-dict", "--out", str(tmp_path / "x.pth")]) == 1
     assert "is a torch checkpoint" in capsys.readouterr().err
+
+
+def test_class_names_given_as_one_string_are_refused():
+    """A string would stand for the list of its characters: 10 classes named 'a', 'i', 'r'..."""
+    model = create_model("resnet20")
+    with pytest.raises(TypeError, match=r"class_names must be a list of names, not the string 'airplane'"):
+        make_card("resnet20", model, class_names="airplane")

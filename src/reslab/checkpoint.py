@@ -77,6 +77,8 @@ def make_card(model_name: str, model: nn.Module, **fields: Any) -> ModelCard:
     from reslab import __version__
 
     num_classes = fields.pop("num_classes", None) or _output_features(model)
+    if isinstance(fields.get("class_names"), str):  # a list of its characters would be taken for the classes
+        raise TypeError(f"class_names must be a list of names, not the string {fields['class_names']!r}")
     return ModelCard(model=model_name, num_classes=num_classes, reslab_version=__version__,
                      torch_version=torch.__version__, **fields)
 
