@@ -798,3 +798,12 @@ def test_the_example_extension_of_the_training_docs_runs(tiny_cifar, tmp_path, c
     train(tiny_config(tiny_cifar, tmp_path / "run", epochs=1), [namespace["GradientNorm"]()])
     assert metric_lines(tmp_path / "run")[0]["grad_norm"] > 0
     assert "logging the gradient norm of every step" in capsys.readouterr().out
+
+
+def test_the_callbacks_keyword_of_earlier_releases_still_passes_extensions(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(trainer, "_run", lambda config, hooks, resume, env, device: seen.extend(hooks.extensions))
+    first, second = GradientRecorder(), GradientRecorder()
+    train(TrainConfig(data="d", out=str(tmp_path / "run"), ema_decay=0.5), [first], callbacks=[second])
+    assert [type(e).__name__ for e in seen] == ["Ema", "GradientRecorder", "GradientRecorder"]
+    assert seen[1] is first and seen[2] is second

@@ -63,12 +63,14 @@ class TrainingInterrupted(ReslabError):
                          f"{out / CHECKPOINT_FILE}. Continue with: reslab train --resume {out}")
 
 
-def train(config: TrainConfig, extensions: Sequence[Any] = (), *, resume: bool = False) -> dict[str, Any]:
+def train(config: TrainConfig, extensions: Sequence[Any] = (), *, resume: bool = False,
+          callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train as ``config`` says, writing into ``config.out``; returns the final result.
 
     ``extensions``: objects with any of the hooks of :mod:`reslab.train.extensions` (e.g.
     ``after_backward(model, iteration)``, ``on_epoch_end(epoch, metrics) -> dict | None``), after
-    those the config asks for (EMA, mixup). ``resume=True`` continues the run saved in ``config.out``.
+    those the config asks for (EMA, mixup); ``callbacks`` is their name in earlier releases and
+    is appended to them. ``resume=True`` continues the run saved in ``config.out``.
     """
     config.validate()
     if config.deterministic:  # cuBLAS reads this when it starts
@@ -80,7 +82,7 @@ def train(config: TrainConfig, extensions: Sequence[Any] = (), *, resume: bool =
     joined = distributed.setup(env, device)
     try:
         with _runtime(config, device):
-            hooks = Hooks([*extensions_from_config(config), *extensions])
+            hooks = Hooks([*extensions_from_config(config), *extensions, *callbacks])
             return _run(config, hooks, resume, env, device)
     finally:
         distributed.teardown(joined)
