@@ -430,3 +430,29 @@ def test_onnx_export_without_its_packages_names_the_pip_extra(trusted, tmp_path,
     error = cli_error(capsys, ["export", str(good), "--format", "onnx", "--out", str(tmp_path / "m.onnx"), *flags])
     assert f"ONNX export needs {names}, not installed: pip install 'reslab[export]'" in error, error
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_an_unreadable_file_is_named_by_its_reason_not_an_errno_or_a_corruption(trusted, tiny_cifar, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """A file the process may not read was reported as '[Errno 13] Permission denied' inside a
+    'cannot be read as an image ... replace or delete it' (the tests run as root, where chmod does
+    not stop reads, so the denial is simulated at Pillow's open)."""
+    import PIL.Image
+
+    good, image = trusted
+    real_open = PIL.Image.open
+
+    def denied(path, *args, **kwargs):
+        if str(path).endswith(".png"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(PIL.Image, "open", denied)
+    capsys.readouterr()
+    assert main(["predict", str(good), str(image)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"reslab predict: error: cannot read {image} as an image (permission denied)", err
+    from reslab.data.readers import decode_image
+
+    with pytest.raises(PermissionError):  # not a DataError telling the user to delete the file
+        decode_image(str(image))

@@ -208,6 +208,8 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], Optional[ModelCa
                 metadata = f.metadata() or {}
                 state = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError, ValueError) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise  # permission denied, an I/O error: not a truncated file (one line in the cli)
             raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); it may be truncated") from None
         card_json = metadata.get(CARD_KEY)
         return state, ModelCard.from_json(card_json, str(path)) if card_json else None

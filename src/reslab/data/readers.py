@@ -154,5 +154,7 @@ def decode_image(path: str) -> np.ndarray:
     except DataError:
         raise
     except Exception as exc:  # Pillow raises many kinds for broken files; name the file whatever it is
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # permission denied, an I/O error: the file system's, not the file's fault (one line in the cli)
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"{path} cannot be read as an image ({reason}); replace or delete it") from None

@@ -113,7 +113,10 @@ def load_image(path: Union[str, os.PathLike]) -> Image.Image:
     # Pillow's decoders raise many exception types (OSError, SyntaxError, ValueError, struct.error,
     # DecompressionBombError, ...); each one here means "this file is not an image we can read".
     except Exception as exc:  # noqa: BLE001
-        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.strerror:  # permission denied...: the reason, not "[Errno 13] ...: 'path'"
+            reason = exc.strerror[:1].lower() + exc.strerror[1:]
+        else:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
         raise ImageReadError(f"cannot read {path} as an image ({reason[:200]})") from None
 
 
