@@ -66,8 +66,11 @@ class StochasticDepth(nn.Module):
         """Per-batch mode: draw whether this mini-batch (the block's input ``x``) computes the
         branch at all. Under torch.fx tracing (``x`` a Proxy) a Python bool would freeze one draw
         into the graph, so the branch is kept and :meth:`forward` draws in the graph instead."""
-        if not self.training or self.mode != "batch" or self.survival >= 1.0 or isinstance(x, torch.fx.Proxy):
+        if not self.training or self.mode != "batch" or self.survival >= 1.0:
             return True
+        if not torch.jit.is_scripting():  # TorchScript compiles no isinstance of fx.Proxy; it skips this branch
+            if isinstance(x, torch.fx.Proxy):
+                return True
         return bool(torch.rand(()) < self.survival)
 
     def forward(self, residual: Tensor) -> Tensor:
@@ -80,8 +83,9 @@ class StochasticDepth(nn.Module):
             shape = [residual.shape[0]] + [1] * (residual.dim() - 1)
             keep = torch.empty(shape, dtype=residual.dtype, device=residual.device).bernoulli_(p)
             residual = residual * keep
-        elif isinstance(residual, torch.fx.Proxy):  # traced batch mode: one draw per call, a node of the graph
-            residual = residual * (torch.rand_like(residual.new_empty(())) < p).to(residual.dtype)
+        elif not torch.jit.is_scripting():
+            if isinstance(residual, torch.fx.Proxy):  # traced batch mode: one draw per call, a node of the graph
+                residual = residual * (torch.rand_like(residual.new_empty(())) < p).to(residual.dtype)
         return residual / p if self.scaling == "inverted" else residual
 
     def extra_repr(self) -> str:
