@@ -47,7 +47,7 @@ from reslab.precision import resolve_precision
 from reslab.registry import list_models
 from reslab.train import TrainConfig, train
 from reslab.train.config import RECIPES
-from reslab.train.extras import ModelEma
+from reslab.train.extensions import ModelEma
 
 
 DECAYS = (0.99, 0.995, 0.998, 0.999, 0.9995)  # averaging over about 100 to 2,000 of the fast recipe's 9,750 steps

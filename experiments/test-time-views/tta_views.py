@@ -29,7 +29,7 @@ from reslab.checkpoint import load_model
 from reslab.data import balanced_subset, load_dataset
 from reslab.errors import ReslabError
 from reslab.precision import PRECISIONS, resolve_precision
-from reslab.train.extras import tta_logits
+from reslab.inference.views import tta_logits
 
 PAD = 2
 # (shift down, shift right) in pixels; each set: centre views at weight 1/2, shifted ones share 1/2
