@@ -201,7 +201,8 @@ def _error(value: Optional[float]) -> str:
 def table_rows(entries: dict[str, dict[str, Any]]) -> list[list[str]]:
     """One row per shipped model: published errors, reslab's (single view, flips), epochs, time."""
     rows = []
-    for name in sorted(entries, key=_natural_key):
+    known = [name for name in REFERENCE_ERRORS if name in entries]
+    for name in known + sorted(set(entries) - set(known), key=_natural_key):
         card = entries[name]["card"]
         paper, akamaster, chenyaofo = REFERENCE_ERRORS.get(card["model"], (None, None, None))
         figures = card["metrics"]
