@@ -373,6 +373,9 @@ def test_commands_write_results_run_records_and_the_report(tiny_cifar, tmp_path,
         assert (out / png).stat().st_size > 10_000 and png in report
     assert report.index("Claims: each paper against reslab") < report.index("Loss landscape")
     assert "claims: the paper against reslab" in report and "surface" not in report.split("Claims")[0]
+    assert main(["report", str(out), "--format", "html"]) == 0
+    page = (out / "report.html").read_text()
+    assert "Claims: each paper against reslab" in page and "landscape/landscape_contour.png" in page
 
     capsys.readouterr()
     assert main(["similarity", str(tmp_path / "missing"), *data, "--out", str(out / "x")]) == 1
