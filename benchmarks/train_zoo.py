@@ -37,9 +37,10 @@ RUNS = "runs/zoo"
 # epoch (single view) so the curve is in metrics.jsonl; the same for every model of the family.
 ZOO_FLAGS = ("--recipe", "fast", "--epochs", "50", "--eval-interval", "1", "--no-tta-flip", "--tta-translate", "0")
 ZOO_RECIPE, ZOO_VALUES = "fast", dict(epochs=50.0, eval_interval=1, tta_flip=False, tta_translate=0)
-# Config fields that say where and how verbosely a run ran, not what it trained.
+# Config fields that say where and how verbosely a run ran, not what it trained; and the recipe's
+# name, whose values are compared one by one (`--recipe zoo` is this command under one name).
 PLACE_FIELDS = {"out", "data", "progress", "cache_dir", "download", "tensorboard", "device", "threads", "log_interval",
-                "model", "seed"}
+                "model", "seed", "recipe"}
 STORAGE = {"float16": torch.float16, "float32": torch.float32}
 
 # Published CIFAR-10 test errors (%), C10+ augmentation, single 32x32 view

@@ -309,6 +309,14 @@ def test_eval_and_models_commands_take_a_model_name(weights_dir, tiny_cifar, tmp
     assert read_manifest(weights_dir)["resnet20"]["sha256"] in out and "reslab train resnet20" in out
 
 
+def test_the_zoo_recipe_is_the_command_in_the_cards() -> None:
+    """`reslab train --recipe zoo` trains what the shipped cards' command trains; a run that
+    differs is named."""
+    zoo = TrainConfig.from_recipe("zoo", model="resnet56", seed=0).to_dict()
+    assert train_zoo.config_differences(zoo) == []
+    assert train_zoo.config_differences({**zoo, "epochs": 25.0}) == ["epochs=25.0 (zoo: 50.0)"]
+
+
 def test_reproduction_table_shows_published_and_reslab_errors(weights_dir) -> None:
     entries = read_manifest(weights_dir)
     entries["resnet20"]["card"]["metrics"].update(accuracy_pct=91.5, accuracy_flip_pct=92.25)
