@@ -198,7 +198,7 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], Optional[ModelCa
     """
     path = resolve_checkpoint_path(path)
     if is_safetensors(path):
-        if path.suffix == ".safetensors" and is_torch_file(path):
+        if path.suffix == ".safetensors" and is_torch_file(path) and not has_safetensors_header(path):
             raise CheckpointError(f"{path} is a torch checkpoint, not a safetensors file as its name says; "
                                   "rename it to .pt and pass that")
         from safetensors import SafetensorError, safe_open
@@ -249,13 +249,17 @@ def is_torch_file(path: PathLike) -> bool:
     return head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
 
 
-def is_safetensors(path: Path) -> bool:
-    """By suffix, or by the header: 8 bytes of length, then JSON."""
-    if path.suffix == ".safetensors":
-        return True
+def has_safetensors_header(path: PathLike) -> bool:
+    """Whether ``path`` starts as safetensors files do: 8 bytes of header length, then JSON. (Its
+    first byte may be 0x80, a pickle's first byte: :func:`is_torch_file` alone cannot tell.)"""
     with open(path, "rb") as f:
         head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{"  # 8-byte header length, then JSON
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def is_safetensors(path: Path) -> bool:
+    """By suffix, or by the header: 8 bytes of length, then JSON."""
+    return path.suffix == ".safetensors" or has_safetensors_header(path)
 
 
 def load_weights(model: nn.Module, state: Union[Mapping[str, Tensor], PathLike], source: Optional[str] = None) -> nn.Module:
