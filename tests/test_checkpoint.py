@@ -237,3 +237,18 @@ def test_class_names_given_as_one_string_are_refused():
     model = create_model("resnet20")
     with pytest.raises(TypeError, match=r"class_names must be a list of names, not the string 'airplane'"):
         make_card("resnet20", model, class_names="airplane")
+
+
+def test_a_safetensors_file_whose_first_byte_is_a_pickles_is_still_read(tmp_path):
+    """Its 8-byte header length may start with 0x80, the first byte of a pickle: that alone must
+    not make it 'a torch checkpoint named .safetensors'."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    state = {"weight": torch.arange(6.0).reshape(2, 3)}
+    for padding in range(512):
+        save_file(state, path, metadata={"pad": "x" * padding})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert torch.equal(read_checkpoint(path)[0]["weight"], state["weight"])
