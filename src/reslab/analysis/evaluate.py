@@ -51,8 +51,8 @@ def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
 def predict(model: nn.Module, batches: Sequence[Batch], *, bf16: bool = False, tta_flip: bool = False,
             tta_translate: int = 0) -> tuple[Tensor, Tensor]:
     """Predicted classes and true labels of every image of ``batches`` (eval mode); ``tta_flip``
-    and ``tta_translate`` average the logits of test-time views (:func:`reslab.train.extras.tta_logits`)."""
-    from reslab.train.extras import tta_logits
+    and ``tta_translate`` average the logits of test-time views (:func:`reslab.inference.views.tta_logits`)."""
+    from reslab.inference.views import tta_logits
 
     predictions, labels = [], []
     with evaluation_mode(model):

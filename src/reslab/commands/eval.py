@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from reslab.analysis.plots import write_json
     from reslab.commands.options import checkpoint_name, load_checkpoint_batches, load_images, output_folder, run_in_bf16
     from reslab.inference.fold import folded_for_evaluation
-    from reslab.train.extras import check_tta_translate, views_label
+    from reslab.inference.views import check_tta_translate, views_label
 
     out = output_folder(args.out, "eval", checkpoint_name(args.checkpoint), overwrite=args.overwrite)
     if args.views == "run" and (args.tta_flip or args.tta_translate):
