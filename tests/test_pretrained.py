@@ -324,3 +324,29 @@ def test_reproduction_table_shows_published_and_reslab_errors(weights_dir) -> No
     row = next(line for line in table.splitlines() if line.startswith("| resnet20 "))
     assert row.split(" | ")[1:7] == ["8.75", "8.27", "7.40", "8.50", "7.75", "50"]
     assert "Not shipped yet" in table and "resnet56" in table.split("Not shipped yet")[1]
+
+
+def test_pretrained_cfg_gives_the_evaluation_transform_of_the_card():
+    """model.pretrained_cfg carries timm's crop_pct and interpolation, and
+    Preprocess.from_pretrained_cfg builds the same transform as the card's own (Preprocess.for_card)."""
+    import numpy as np
+    from PIL import Image
+
+    from reslab.checkpoint import load_card
+    from reslab.inference.preprocess import Preprocess
+    from reslab.pretrained import pretrained_cfg, pretrained_names, resolve_named_checkpoint
+
+    name = pretrained_names()[0]
+    cfg = pretrained_cfg(name)
+    assert cfg["crop_pct"] == 1.0 and cfg["interpolation"] == "bilinear"
+    transform = Preprocess.from_pretrained_cfg(cfg)
+    assert transform == Preprocess.for_card(load_card(resolve_named_checkpoint(name)))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    assert transform(image).shape == (3, 32, 32)
+    imagenet = Preprocess.from_pretrained_cfg({"input_size": (3, 224, 224), "crop_pct": 0.875,
+                                               "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)})
+    assert (imagenet.input_size, imagenet.resize_size) == (224, 256)
+    with pytest.raises(ValueError, match="lacks mean"):
+        Preprocess.from_pretrained_cfg({"input_size": 32, "std": (1, 1, 1)})
+    with pytest.raises(ValueError, match="bilinear"):
+        Preprocess.from_pretrained_cfg({**cfg, "interpolation": "bicubic"})

@@ -123,7 +123,13 @@ def pretrained_cfg(name: str) -> dict[str, Any]:
     entry = pretrained_entry(name)
     card = dict(entry["card"])
     card["input_size"] = tuple(card["input_size"])
-    return {"name": name, "file": entry["file"], "sha256": entry["sha256"], "url": entry.get("url"), **card}
+    from reslab.inference.preprocess import default_resize_size
+
+    size = int(card["input_size"][-1])
+    # How the evaluation transform crops and resizes (timm's crop_pct and interpolation):
+    # Preprocess.from_pretrained_cfg(cfg) builds it.
+    view = {"crop_pct": size / default_resize_size(size), "interpolation": "bilinear"}
+    return {"name": name, "file": entry["file"], "sha256": entry["sha256"], "url": entry.get("url"), **view, **card}
 
 
 # ------------------------------------------------------------------------------------------

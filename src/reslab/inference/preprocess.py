@@ -14,10 +14,10 @@ larger inputs use the ImageNet ratio 224/256 (crop 87.5% of the shorter side).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -140,6 +140,22 @@ class Preprocess:
         """The evaluation transform of a :class:`~reslab.checkpoint.ModelCard`."""
         size = int(card.input_size)
         return cls(size, resize_size or default_resize_size(size), tuple(card.mean), tuple(card.std))
+
+    @classmethod
+    def from_pretrained_cfg(cls, cfg: Mapping[str, Any]) -> "Preprocess":
+        """The evaluation transform that ``model.pretrained_cfg`` describes, as timm's
+        ``create_transform(**resolve_data_config(model=model))``: shorter side resized to
+        ``input_size / crop_pct`` (bilinear), centre crop of ``input_size``, then ``mean``/``std``."""
+        missing = [key for key in ("input_size", "mean", "std") if key not in cfg]
+        if missing:
+            raise ValueError(f"pretrained_cfg lacks {', '.join(missing)}; pass a model's pretrained_cfg "
+                             "(reslab.create_model(name, pretrained=True).pretrained_cfg)")
+        if cfg.get("interpolation", "bilinear") != "bilinear":
+            raise ValueError(f"interpolation {cfg['interpolation']!r} is not supported; reslab resizes bilinearly")
+        size = cfg["input_size"]
+        size = int(size[-1]) if isinstance(size, (tuple, list)) else int(size)
+        crop_pct = float(cfg.get("crop_pct") or size / default_resize_size(size))
+        return cls(size, round(size / crop_pct), tuple(cfg["mean"]), tuple(cfg["std"]))
 
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
         width, height = image.size
