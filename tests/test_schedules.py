@@ -152,7 +152,7 @@ def test_recipes_hold_the_papers_values():
     assert TrainConfig.from_recipe("fast", epochs=10).small_crop_epochs(390) == 5 and paper.small_crop_part == 0
     assert TrainConfig.from_recipe("fast", iterations=70).small_crop_epochs(390) == 0  # shorter than an epoch: full size
     assert not paper.alternating_flip and paper.tta_translate == 0 and not paper.compile and not paper.moment_bn
-    assert set(RECIPES) == {"paper", "preact", "wrn", "resnext", "stochastic-depth", "fast", "zoo"}
+    assert set(RECIPES) == {"paper", "preact", "wrn", "resnext", "stochastic-depth", "fast", "zoo", "finetune", "imagenet"}
 
 
 def test_epochs_override_replaces_the_recipes_iterations():

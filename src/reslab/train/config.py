@@ -26,12 +26,14 @@ from dataclasses import asdict, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Optional
 
-from reslab.argtypes import (are_increasing_fractions, fraction, nonnegative_float, nonnegative_int, positive_float,
-                             positive_int, probability, random_seed, survival_probability, thread_count)
+from reslab.argtypes import (are_increasing_fractions, count_or_fraction, fraction, nonnegative_float, nonnegative_int,
+                             positive_float, positive_int, probability, random_seed, survival_probability, thread_count)
+from reslab.data.pipeline import PIPELINES
 from reslab.precision import PRECISIONS
 from reslab.train.schedules import SHAPES, LowLrStart, Schedule, scale_lr
 
 DEVICES = ("auto", "cpu", "cuda")
+LARGE_BATCH = 1024  # global batches above this get the large-batch warm-up (Goyal et al. 2017, sec. 2.2)
 PADDING_MODES = ("zeros", "reflect")
 PROGRESS_MODES = ("auto", "bar", "plain", "quiet")
 OPTIMIZERS = ("sgd", "adamw")
@@ -48,7 +50,9 @@ class TrainConfig:
 
     # Data: the images and their augmentation.
     data: str = field(default="", metadata=_help("data set folder with train/ and test/ (CIFAR-10 as class folders)"))
-    val: int = field(default=0, metadata=_help("hold out this many training images for validation (He et al.: 5000)"))
+    val: float = field(default=0, metadata=_help(
+        "hold out this many training images for validation (He et al.: 5000), or this fraction of them (0.1), "
+        "class-balanced; a folder without test/ or val/ evaluates on them"))
     train_subset: int = field(default=0, metadata=_help("train on a class-balanced subset of this many images; 0 = all"))
     crop_padding: int = field(default=4, metadata=_help("pixels of padding for the random crop"))
     padding_mode: str = field(default="zeros", metadata=_help("padding of the random crop", choices=PADDING_MODES))
@@ -64,6 +68,16 @@ class TrainConfig:
     cutmix: float = field(default=0.0, metadata=_help("CutMix alpha (Yun et al. 2019); 0 = off; with --mixup, one of the two per batch"))
     cache_dir: Optional[str] = field(default=None, metadata=_help("folder of the decoded data set cache; none = reslab's default"))
     download: bool = field(default=False, metadata=_help("download CIFAR-10/100 into --data if it is missing (by the folder's name)"))
+    pipeline: str = field(default="auto", metadata=_help(
+        "data path: memory (one decoded tensor, same-size images), stream (files decoded per batch in worker "
+        "processes), or auto (memory when the images share a small size and fit; docs/own-images.md)",
+        choices=PIPELINES))
+    image_size: Optional[int] = field(default=None, metadata=_help(
+        "streaming: side of the square training crops and evaluation centre crops; none = the model's input size"))
+    workers: Optional[int] = field(default=None, metadata=_help(
+        "streaming: decoding worker processes per training process; 0 = decode in it; none = the cores left, up to 8"))
+    bad_image_limit: float = field(default=0.01, metadata=_help(
+        "streaming: stop the run when more than this fraction of the images cannot be read (each one is skipped and named)"))
 
     # Model: what to train (create_model's name and overrides).
     model: str = field(default="resnet20", metadata=_help("registered model name (`reslab models`)"))
@@ -71,6 +85,12 @@ class TrainConfig:
     stochastic_depth: Optional[float] = field(default=None, metadata=_help(
         "survival probability p_L of the last block (Huang et al. 2016; 0.5 in the paper); none = off"))
     dropout: Optional[float] = field(default=None, metadata=_help("dropout between a block's convolutions (WRN); none = model default"))
+    init: Optional[str] = field(default=None, metadata=_help(
+        "start from these weights (fine-tuning): a reslab model file or run folder, a torchvision or timm state dict "
+        "of the same architecture (.pth/.safetensors), or a model name with weights (resnet56); the classifier is "
+        "remade when the classes differ; none = random weights"))
+    freeze_backbone: bool = field(default=False, metadata=_help(
+        "train the classifier only (linear probe): the rest keeps its weights and its BN statistics"))
 
     # Optimisation and schedule: length, optimiser, learning-rate curve (stepped per iteration;
     # positions are fractions of the run), regularisation in the loss and of the weights.
@@ -84,6 +104,8 @@ class TrainConfig:
     lr: float = field(default=0.1, metadata=_help("peak learning rate at --base-batch-size"))
     momentum: float = field(default=0.9, metadata=_help("SGD momentum (AdamW: its first beta)"))
     nesterov: bool = field(default=False, metadata=_help("Nesterov momentum (SGD)"))
+    backbone_lr_scale: float = field(default=1.0, metadata=_help(
+        "learning rate of everything but the classifier, as a factor of --lr (fine-tuning: e.g. 0.1)"))
     weight_decay: float = field(default=1e-4, metadata=_help("L2 weight decay"))
     decay_norm_and_bias: bool = field(default=True, metadata=_help(
         "apply weight decay to BN weights and biases too (the papers' code does)"))
@@ -95,6 +117,9 @@ class TrainConfig:
     gamma: float = field(default=0.1, metadata=_help("step schedule: factor at each milestone"))
     warmup: float = field(default=0.0, metadata=_help("fraction of the run spent in linear warm-up"))
     warmup_start: float = field(default=0.0, metadata=_help("lr factor at the first warm-up step"))
+    large_batch_warmup: float = field(default=0.0, metadata=_help(
+        f"epochs of linear warm-up, from the lr of --base-batch-size, when the global batch is over {LARGE_BATCH} "
+        "and --warmup is 0 (Goyal et al. 2017: 5); 0 = off"))
     final_lr: float = field(default=0.0, metadata=_help("cosine/linear/one-cycle: lr factor at the end"))
     momentum_low: float = field(default=0.85, metadata=_help("one-cycle: momentum at the peak learning rate"))
     low_lr: Optional[float] = field(default=None, metadata=_help(
@@ -144,7 +169,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that makes no sense."""
-        for name in ("schedule", "precision", "device", "padding_mode", "progress", "optimizer"):
+        for name in ("schedule", "precision", "device", "padding_mode", "progress", "optimizer", "pipeline"):
             choices = next(f for f in fields(self) if f.name == name).metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
@@ -163,6 +188,9 @@ class TrainConfig:
             raise ValueError("Nesterov momentum needs a momentum above 0")
         if self.nesterov and self.optimizer != "sgd":
             raise ValueError(f"nesterov is SGD's; leave it out (--no-nesterov) with optimizer {self.optimizer}")
+        if self.freeze_backbone and self.backbone_lr_scale != 1:
+            raise ValueError("freeze_backbone trains the classifier only; leave out backbone_lr_scale "
+                             f"({self.backbone_lr_scale}), which sets the rate of the backbone")
         if bool(self.small_crop) != bool(self.small_crop_part):
             raise ValueError(f"small_crop ({self.small_crop}) and small_crop_part ({self.small_crop_part}) go "
                              "together: give both (e.g. --small-crop 24 --small-crop-part 0.5) or neither")
@@ -197,9 +225,27 @@ class TrainConfig:
         """The learning-rate curve of this run, in iterations (the peak scaled to the batch size)."""
         total = self.total_iterations(iterations_per_epoch)
         peak = scale_lr(self.lr, self.batch_size, self.base_batch_size)[0]
-        return Schedule(peak, total, self.schedule, round(self.warmup * total), self.warmup_start,
+        warmup, start = round(self.warmup * total), self.warmup_start
+        if self.uses_large_batch_warmup():
+            warmup, start = min(total, round(self.large_batch_warmup * iterations_per_epoch)), self.base_batch_size / self.batch_size
+        return Schedule(peak, total, self.schedule, warmup, start,
                         tuple(round(m * total) for m in self.milestones), self.gamma, self.final_lr,
                         self.momentum, self.momentum_low)
+
+    def uses_large_batch_warmup(self) -> bool:
+        """Whether this run warms up for its large batch: Goyal et al. 2017 (sec. 2.2) raise the
+        rate linearly from the base batch's to the scaled one over the first 5 epochs, which
+        keeps the first steps of a batch over ~1k images from diverging."""
+        return bool(self.large_batch_warmup) and self.batch_size > LARGE_BATCH and not self.warmup
+
+    def describe_large_batch_warmup(self) -> str:
+        """The start message of the large-batch warm-up ("" when there is none)."""
+        if not self.uses_large_batch_warmup():
+            return ""
+        return (f"large-batch warm-up: global batch {self.batch_size} > {LARGE_BATCH}, so the lr rises linearly from "
+                f"{scale_lr(self.lr, self.base_batch_size, self.base_batch_size)[0]:g} to "
+                f"{scale_lr(self.lr, self.batch_size, self.base_batch_size)[0]:g} over the first "
+                f"{self.large_batch_warmup:g} epochs (Goyal et al. 2017)")
 
     def build_low_lr_start(self, depth: int) -> Optional[LowLrStart]:
         """He et al.'s low-lr start, for a model of ``depth`` layers if the recipe asks for it there."""
@@ -240,15 +286,16 @@ class TrainConfig:
 CONFIG_GROUPS: dict[str, tuple[str, ...]] = {
     "data": (
         "data", "val", "train_subset", "crop_padding", "padding_mode", "flip", "alternating_flip", "cutout",
-        "small_crop", "small_crop_part", "mixup", "cutmix", "cache_dir", "download",
+        "small_crop", "small_crop_part", "mixup", "cutmix", "cache_dir", "download", "pipeline", "image_size", "workers",
+        "bad_image_limit",
     ),
     "model": (
-        "model", "model_args", "stochastic_depth", "dropout",
+        "model", "model_args", "stochastic_depth", "dropout", "init", "freeze_backbone",
     ),
     "optimisation": (
         "epochs", "iterations", "optimizer", "batch_size", "base_batch_size", "lr", "momentum", "nesterov",
-        "weight_decay", "decay_norm_and_bias", "label_smoothing", "ema_decay", "schedule", "milestones",
-        "gamma", "warmup", "warmup_start", "final_lr", "momentum_low", "low_lr", "low_lr_until_error",
+        "backbone_lr_scale", "weight_decay", "decay_norm_and_bias", "label_smoothing", "ema_decay", "schedule", "milestones",
+        "gamma", "warmup", "warmup_start", "large_batch_warmup", "final_lr", "momentum_low", "low_lr", "low_lr_until_error",
         "low_lr_max_iterations", "low_lr_min_depth",
     ),
     "evaluation": (
@@ -290,11 +337,13 @@ FIELD_RANGES = {
     "stochastic_depth": survival_probability, "dropout": probability, "epochs": positive_float,
     "iterations": positive_int, "batch_size": positive_int, "base_batch_size": positive_int, "lr": nonnegative_float,
     "momentum": fraction, "weight_decay": nonnegative_float, "gamma": fraction, "warmup": fraction,
-    "warmup_start": fraction, "final_lr": fraction, "momentum_low": fraction, "low_lr": positive_float,
+    "warmup_start": fraction, "large_batch_warmup": nonnegative_float, "backbone_lr_scale": positive_float,
+    "final_lr": fraction, "momentum_low": fraction, "low_lr": positive_float,
     "low_lr_until_error": fraction, "low_lr_max_iterations": positive_int, "low_lr_min_depth": nonnegative_int,
     "label_smoothing": fraction, "mixup": nonnegative_float, "cutmix": nonnegative_float, "ema_decay": fraction,
     "tta_translate": nonnegative_int, "compile_min_iterations": nonnegative_int,
-    "val": nonnegative_int, "train_subset": nonnegative_int, "crop_padding": nonnegative_int, "cutout": nonnegative_int,
+    "val": count_or_fraction, "image_size": positive_int, "workers": nonnegative_int, "bad_image_limit": fraction,
+    "train_subset": nonnegative_int, "crop_padding": nonnegative_int, "cutout": nonnegative_int,
     "small_crop": nonnegative_int, "small_crop_part": fraction,
     "seed": random_seed, "threads": thread_count, "eval_batch_size": positive_int, "eval_interval": nonnegative_int,
     "eval_subset": nonnegative_int,
@@ -355,6 +404,23 @@ RECIPES: dict[str, dict[str, Any]] = {
 # view every epoch (reslab train MODEL --recipe fast --epochs 50 --eval-interval 1 --no-tta-flip
 # --tta-translate 0).
 RECIPES["zoo"] = dict(RECIPES["fast"], epochs=50, eval_interval=1, tta_flip=False, tta_translate=0)
+
+# Fine-tuning a trained network on new images and classes (--init; the reasons in docs/finetune.md):
+# a tenth of the from-scratch rate, as the best fine-tuning rates of Kornblith et al. 2019 (sec. 3)
+# lie well below those of training from scratch; a short cosine decay; half an epoch of warm-up
+# from 0.1x while the new classifier's first large gradients pass into the trained layers;
+# label smoothing 0.1 (Szegedy et al. 2016), and no decay on BN and biases, as the fast recipe.
+RECIPES["finetune"] = dict(_SGD_STEP, epochs=10, iterations=None, lr=0.01, nesterov=True, weight_decay=1e-4,
+                           decay_norm_and_bias=False, schedule="cosine", milestones=(), warmup=0.05, warmup_start=0.1,
+                           final_lr=0.0, label_smoothing=0.1, eval_interval=1)
+# ImageNet as He et al. 2015 (sec. 3.4) and torchvision's original reference: batch 256, SGD
+# momentum 0.9, weight decay 1e-4 on every parameter, lr 0.1 divided by 10 at epochs 30, 60 and
+# 80 of 90 (Goyal et al. 2017's fixed version of He et al.'s "on plateaus"; torchvision's script
+# steps every 30 epochs). Other global batch sizes scale lr linearly (0.1 x batch / 256), and a
+# batch over 1024 warms up for 5 epochs (Goyal et al. 2017).
+RECIPES["imagenet"] = dict(_SGD_STEP, epochs=90, iterations=None, batch_size=256, base_batch_size=256, lr=0.1,
+                           weight_decay=1e-4, milestones=(30 / 90, 60 / 90, 80 / 90), large_batch_warmup=5.0,
+                           eval_interval=1, eval_batch_size=256)
 
 
 def describe_recipes() -> str:

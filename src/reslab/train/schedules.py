@@ -152,7 +152,7 @@ class LearningRate:
         lr = self.low_start.lr if low else self.schedule.lr(iteration)
         momentum = self.schedule.momentum_at(iteration)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # a fine-tuned backbone's lower rate (--backbone-lr-scale)
             if "betas" in group:
                 group["betas"] = (momentum, group["betas"][1])
             else:

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -44,6 +44,7 @@ from reslab.train.config import TrainConfig
 from reslab.train.data import TrainingData, load_training_data
 from reslab.train.distributed import DistributedEnv
 from reslab.train.extensions import Batch, Hooks, SetupContext, extensions_from_config
+from reslab.train.init import freeze_backbone, init_from, keep_frozen_statistics
 from reslab.train.memory import keep_freed_memory
 from reslab.train.progress import METRICS_FILE, STEPS_FILE, Progress, RunLog, plural
 from reslab.train.schedules import LearningRate, scale_lr
@@ -127,6 +128,7 @@ class Training:
     precision: str
     notes: list[str]  # start messages of the parts (precision, lr scaling, compile, extensions)
     resumed: bool
+    frozen_norms: list[nn.Module] = field(default_factory=list)  # BN layers of a frozen backbone (--freeze-backbone)
 
     def __post_init__(self) -> None:
         self.out = Path(self.config.out)
@@ -139,7 +141,7 @@ class Training:
     def fit(self) -> dict[str, Any]:
         """The loop: epochs of steps, each ended by evaluation, the metrics line and a checkpoint."""
         wall_start = time.perf_counter() - self.run.wall_seconds
-        self.model.train()
+        self.train_mode()
         with self.stop, closing(self.show), closing(self.log):
             while self.run.iteration < self.total:
                 epoch = self.data.train.epoch
@@ -215,7 +217,7 @@ class Training:
             self.show.close()  # the epoch's bar, so that the evaluation shows its own progress
             metrics.update(evaluate_splits(evaluated, self.data, config, self.autocast, self.env, self.show, final=last))
             metrics["eval_seconds"] = time.perf_counter() - started
-            self.model.train()
+            self.train_mode()
         metrics["wall_seconds"] = time.perf_counter() - wall_start
         metrics.update(self.hooks.on_epoch_end(epoch, dict(metrics)))
         self.show.end_epoch(metrics)
@@ -273,6 +275,11 @@ class Training:
         self.show.interval(record)
         run.interval_tally = Tally()
 
+    def train_mode(self) -> None:
+        """The model in training mode, but for the BN layers of a frozen backbone (kept in eval)."""
+        self.model.train()
+        keep_frozen_statistics(self.frozen_norms)
+
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
@@ -316,6 +323,8 @@ def _build(config: TrainConfig, data: TrainingData, hooks: Hooks, state: Optiona
     precision, precision_note = resolve_precision(config.precision, device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     raw = create_model(config.model, num_classes=len(data.classes), **config.model_overrides())
+    init_note = init_from(raw, config.init, data.classes).describe() if config.init and state is None else ""
+    frozen_norms = freeze_backbone(raw) if config.freeze_backbone else []
     raw = raw.to(device, memory_format=memory_format)
     notes = hooks.setup(SetupContext(config, raw, data, state is not None, env.rank, env.enabled))
     model = distributed.wrap(raw, env, device, sync_bn=config.sync_bn)
@@ -324,7 +333,8 @@ def _build(config: TrainConfig, data: TrainingData, hooks: Hooks, state: Optiona
                      class_names=data.classes, mean=data.mean, std=data.std, input_size=data.input_size,
                      config=config.to_dict())
     peak_lr, scaling_note = scale_lr(config.lr, config.batch_size, config.base_batch_size)
-    optimizer = build_optimizer(config, parameter_groups(raw, config.weight_decay, config.decay_norm_and_bias), peak_lr)
+    groups = parameter_groups(raw, config.weight_decay, config.decay_norm_and_bias, config.backbone_lr_scale)
+    optimizer = build_optimizer(config, groups, peak_lr)
     per_epoch = len(data.train)
     data.train.use_small_crops(config.small_crop, config.small_crop_epochs(per_epoch))
     lr = LearningRate(config.build_schedule(per_epoch), config.build_low_lr_start(weighted_depth(raw)))
@@ -338,10 +348,12 @@ def _build(config: TrainConfig, data: TrainingData, hooks: Hooks, state: Optiona
         data.train.load_state_dict(state["progress"]["loader"])
         run = RunState.from_dict(state["progress"])
     model, compile_note = _maybe_compile(model, config, lr.schedule.total_iterations - run.iteration)
-    notes = [precision_note, scaling_note, describe_groups(optimizer.param_groups), "lr: " + lr.schedule.describe(),
-             compile_note, _describe_low_start(lr, config), _describe_small_crops(data, config, lr), *notes]
+    notes = [init_note, _describe_fine_tuning(config, len(frozen_norms)), precision_note, scaling_note,
+             config.describe_large_batch_warmup(), describe_groups(optimizer.param_groups),
+             "lr: " + lr.schedule.describe(), compile_note, _describe_low_start(lr, config),
+             _describe_small_crops(data, config, lr), *notes]
     return Training(config, data, hooks, env, device, log, model, raw, card, optimizer, lr, run, precision,
-                    [line for note in notes if note for line in note.split("\n")], state is not None)
+                    [line for note in notes if note for line in note.split("\n")], state is not None, frozen_norms)
 
 
 def _finished_result(out: Path, state: dict, env: DistributedEnv) -> dict:
@@ -358,6 +370,18 @@ def _describe_evaluation(config: TrainConfig) -> str:
              if config.eval_interval else "after the last epoch")
     views = views_label(config.tta_flip, config.tta_translate)
     return every + ("" if views == "single view" else f", then the test set with the {views}")
+
+
+def _describe_fine_tuning(config: TrainConfig, frozen_norms: int) -> str:
+    """The start message of a linear probe, and warnings for fine-tuning settings without --init."""
+    lines = []
+    if config.freeze_backbone:
+        lines.append(f"frozen backbone (linear probe): only the classifier trains; {plural(frozen_norms, 'BN layer')} "
+                     "keep their statistics (eval mode)")
+    if not config.init and (config.freeze_backbone or config.recipe == "finetune"):
+        what = "--freeze-backbone freezes" if config.freeze_backbone else "the finetune recipe trains"
+        lines.append(f"warning: no --init: {what} randomly initialised weights")
+    return "\n".join(lines)
 
 
 def _describe_low_start(lr: LearningRate, config: TrainConfig) -> str:
@@ -390,20 +414,33 @@ def build_optimizer(config: TrainConfig, groups: list[dict], lr: float) -> torch
     return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov, foreach=True)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool,
+                     backbone_lr_scale: float = 1.0) -> list[dict]:
     """The optimiser's parameter groups: one group, all decayed (the papers' code), or
-    ``weights`` (conv and linear kernels, decayed) and ``norm_and_bias`` (1-d tensors, not)."""
+    ``weights`` (conv and linear kernels, decayed) and ``norm_and_bias`` (1-d tensors, not).
+    With ``backbone_lr_scale`` other than 1 each is split in ``backbone`` (``lr_scale``: its rate
+    is that factor of the schedule's) and ``classifier``; parameters that do not train are left out."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if decay_norm_and_bias:
-        return [{"name": "all", "params": params, "weight_decay": weight_decay}]
-    return [{"name": "weights", "params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-            {"name": "norm_and_bias", "params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    groups = ([{"name": "all", "params": params, "weight_decay": weight_decay}] if decay_norm_and_bias else
+              [{"name": "weights", "params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+               {"name": "norm_and_bias", "params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}])
+    if backbone_lr_scale == 1:
+        return groups
+    head = {id(p) for p in unwrap(model).get_classifier().parameters()}
+    split = []
+    for group in groups:
+        for part, scale in (("backbone", backbone_lr_scale), ("classifier", 1.0)):
+            members = [p for p in group["params"] if (id(p) in head) == (part == "classifier")]
+            if members:
+                split.append({**group, "name": f"{part} {group['name']}", "params": members, "lr_scale": scale})
+    return split
 
 
 def describe_groups(groups: Sequence[dict]) -> str:
     return "parameter groups: " + "; ".join(
         f"{g['name']}: {len(g['params'])} tensors, {sum(p.numel() for p in g['params']):,} parameters, "
-        f"weight decay {g['weight_decay']:g}" for g in groups)
+        f"weight decay {g['weight_decay']:g}" + (f", lr x{g['lr_scale']:g}" if g.get("lr_scale", 1) != 1 else "")
+        for g in groups)
 
 
 def evaluate_splits(model: nn.Module, data: TrainingData, config: TrainConfig, autocast, env: DistributedEnv,
