@@ -437,6 +437,23 @@ def test_commands_end_to_end(tiny_cifar, tmp_path, capsys, monkeypatch):
         assert (out / png).stat().st_size > 10_000 and png in report
     assert main(["lesion", str(tmp_path / "missing"), "--data", str(tiny_cifar)]) == 1
     assert "no checkpoint at" in capsys.readouterr().err
+    # every command saves what reruns it: the command, the weights' hashes, the images and the seed
+    from reslab.analysis.sources import weights_sha256
+    for name, models in (("lesion", [ckpt, plain]), ("paths", [ckpt]), ("responses", [ckpt, plain])):
+        record = json.loads((out / name / f"{name}_run.json").read_text())
+        assert record["of_experiment"] == name and record["command"] and record["seed"] == 0
+        assert [m["source"] for m in record["models"]] == models
+        assert record["models"][0]["weights_sha256"] == weights_sha256(load_model(ckpt))
+    assert len(json.loads((out / "lesion" / "lesion_run.json").read_text())["image_indices"]) == 10
+    assert "claims" in json.loads((out / "lesion" / "lesion.json").read_text())
+    # a plain net where the study needs residual blocks: one line naming what it applies to
+    capsys.readouterr()
+    assert main(["lesion", plain, *data, "--out", str(out / "lesion_plain")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no residual blocks" in err and "resnet56" in err
+    assert main(["paths", plain, "--images", "2", "--out", str(out / "paths_plain")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "applies to residual networks" in err
 
 
 # ------------------------------------------------------------------------------------------
@@ -581,3 +598,88 @@ def test_counts_of_one_are_singular():
     assert one.format().startswith("1 image, accuracy 100.00%")
     with pytest.raises(DataError, match=r"predicts 1 class but the data set has 2"):
         check_classes(SimpleNamespace(num_classes=1, class_names=None), ["a", "b"])
+
+
+# ------------------------------------------------------------------------------------------
+# Claim tables: the paper's claims judged on the numbers
+
+
+def _single(base, errors, downsampling=(), residual=True):
+    return {"residual": residual, "baseline_error_pct": base, "chance_error_pct": 90.0,
+            "blocks": [{"index": i, "downsampling": i in downsampling, "error_pct": e} for i, e in enumerate(errors, 1)]}
+
+
+def _ks(means):
+    return [{"k": k, "mean_error_pct": m} for k, m in enumerate(means, 1)]
+
+
+def test_lesion_claims_judge_the_numbers():
+    from reslab.analysis.lesion import lesion_claims
+
+    result = {"single": _single(7.0, [7.5, 8.0, 30.0, 7.2], downsampling=(3,)), "draws": 5,
+              "deleted": _ks([8.0, 9.5, 12.0]), "reordered": _ks([8.0, 8.2, 8.1]),
+              "plain": _single(8.0, [90.0, 88.0, 85.0], residual=False)}
+    claims = {c["claim"]: c for c in lesion_claims(result)}
+    barely = claims["deleting one residual block (not downsampling) barely changes the test error"]
+    assert barely["holds"] is True and "median 7.50%" in barely["reslab"] and "worst 8.00%" in barely["reslab"]
+    assert claims["deleting a downsampling block hurts more than the others"]["holds"] is True
+    assert claims["deleting one layer of a plain network gives chance-level error"]["holds"] is True
+    assert claims["the error rises smoothly with the number of blocks deleted"]["holds"] is True
+    assert claims["the error rises smoothly with the number of blocks reordered"]["holds"] is True
+    result["single"] = _single(7.0, [12.0, 9.5, 30.0, 10.0], downsampling=(3,))  # median rise 3 points
+    result["deleted"] = _ks([8.0, 14.0, 11.0])  # falls by 3 points at k = 3
+    result["plain"] = _single(8.0, [20.0, 30.0], residual=False)
+    claims = {c["claim"]: c["holds"] for c in lesion_claims(result)}
+    assert claims["deleting one residual block (not downsampling) barely changes the test error"] is False
+    assert claims["deleting one layer of a plain network gives chance-level error"] is False
+    assert claims["the error rises smoothly with the number of blocks deleted"] is False
+
+
+def test_responses_and_paths_claims():
+    from reslab.analysis.paths import paths_claims
+    from reslab.analysis.responses import responses_claims
+
+    def entry(model, residual, blocks, std):
+        return {"model": model, "residual": residual, "num_blocks": blocks, "mean_std": std}
+
+    claims = responses_claims([entry("plain20", False, 9, 1.0), entry("resnet20", True, 9, 0.6),
+                               entry("resnet56", True, 27, 0.4), entry("plain56", False, 27, 0.3)])
+    assert [(c["claim"], c["holds"]) for c in claims] == [
+        ("resnet20 responds less than plain20", True), ("resnet56 responds less than plain56", False),
+        ("the deeper the ResNet, the smaller its responses", True)]
+    assert paths_claims(54, 5, 17, 0.9, 0.9)[0]["holds"] is True
+    assert paths_claims(27, 10, 16, 0.9, 0.9)[0]["holds"] is False
+
+
+def test_degradation_of_finished_runs_without_training(tmp_path, capsys):
+    from reslab.train import TrainConfig
+
+    runs = []
+    for model, (train, test) in {"plain20": (0.05, 0.10), "plain56": (0.09, 0.14),
+                                 "resnet20": (0.04, 0.09), "resnet56": (0.02, 0.07)}.items():
+        runs.append(tmp_path / "zoo" / model)
+        fake_run(runs[-1], TrainConfig.from_recipe("zoo", model=model, data="d", out=str(runs[-1])), [0.5, train], [0.6, test])
+    out = tmp_path / "degradation"
+    assert main(["degradation", "--runs", *map(str, runs), "--out", str(out)]) == 0
+    table = json.loads((out / "degradation.json").read_text())
+    assert [r["status"] for r in table["runs"]] == ["given"] * 4 and table["recipe"] == "zoo"
+    assert [c["holds"] for c in table["claims"]] == [True, True]
+    assert "plain20 5.00% train / 10.00% test, plain56 9.00% train / 14.00% test" in table["claims"][0]["reslab"]
+    record = json.loads((out / "degradation_run.json").read_text())
+    assert [m["run"] for m in record["models"]] == list(map(str, runs)) and len(record["models"][0]["metrics_sha256"]) == 64
+    assert main(["degradation", "--out", str(tmp_path / "nothing")]) == 1
+    assert "give --data" in capsys.readouterr().err
+
+
+def test_sdepth_claims():
+    from reslab.analysis.sdepth import sdepth_claims
+
+    epochs = [{"constant_grad": 1.0, "stochastic_grad": g} for g in (0.8, 0.9, 1.2, 1.4)]
+    summary = {"depth": {"blocks": 27, "sum_survival": 20.0, "measured_active_blocks": 20.2},
+               "time": {"time_saved_pct": 20.0, "expected_saved_pct": 25.9}, "epochs": epochs}
+    claims = sdepth_claims(summary)
+    assert [c["holds"] for c in claims] == [True, True, True]
+    assert "1.20-1.40x (mean 1.30x)" in claims[2]["reslab"]
+    summary["time"]["time_saved_pct"] = 10.0
+    summary["depth"]["measured_active_blocks"] = 24.0
+    assert [c["holds"] for c in sdepth_claims(summary)][:2] == [False, False]

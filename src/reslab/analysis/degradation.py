@@ -121,8 +121,45 @@ def degradation_experiment(data: str, out: Union[str, Path], models: Sequence[st
         config = TrainConfig.from_recipe(recipe, model=model, data=str(data), out=str(out / model), **overrides)
         status[model] = train_or_reuse(config)
         rows.append({**run_summary(config.out), "status": status[model]})
+    return _write_table(rows, out, smooth, recipe=recipe, overrides=dict(overrides))
+
+
+def degradation_of_runs(run_dirs: Sequence[Union[str, Path]], out: Union[str, Path], smooth: int = 5) -> dict:
+    """The same figure and table from finished run folders (e.g. the zoo's, which evaluate the
+    test set every epoch), without training: each folder needs its config.json and metrics.jsonl."""
+    rows = [{**run_summary(run), "status": "given"} for run in run_dirs]
+    recipes = sorted({_recipe_of(run) for run in run_dirs})
+    return _write_table(rows, Path(out), smooth, recipe=", ".join(recipes), overrides={})
+
+
+def _recipe_of(run_dir: Union[str, Path]) -> str:
+    from reslab.train.state import read_config
+
+    return str(getattr(read_config(run_dir), "recipe", None) or "?")
+
+
+def _write_table(rows: list[dict], out: Path, smooth: int, **about: Any) -> dict:
+    verdict = degradation_verdict(rows)
     table = {"experiment": "degradation", "title": "Degradation: plain vs residual nets (He et al. 2015, Fig. 1 and 6)",
-             "recipe": recipe, "overrides": dict(overrides), "verdict": degradation_verdict(rows), "runs": rows}
+             **about, "verdict": verdict, "claims": degradation_claims(rows, verdict), "runs": rows}
     write_json(out / "degradation.json", table)
     plot_degradation(rows, out / "degradation.png", smooth=smooth)
     return table
+
+
+def degradation_claims(rows: Sequence[dict], verdict: dict) -> list[dict]:
+    """He et al. 2015, Fig. 6 as claim rows: the final training errors of the shallowest and
+    deepest net of each kind."""
+    claims = []
+    for residual, key, claim, paper in (
+            (False, "plain_deeper_trains_worse", "the deeper plain net ends with HIGHER training error",
+             "plain-56 above plain-20 in training and test error (Fig. 6 left)"),
+            (True, "residual_deeper_trains_better", "the deeper residual net ends with LOWER training error",
+             "ResNet-56 below ResNet-20 (Fig. 6 middle); test error 6.97% vs 8.75% (Table 6)")):
+        group = sorted((r for r in rows if r["residual"] == residual), key=lambda r: r["depth"])
+        if len(group) < 2:
+            continue
+        measured = ", ".join(f"{r['model']} {r['final_train_error_pct']:.2f}% train / {r['final_test_error_pct']:.2f}% test"
+                             for r in group)
+        claims.append({"claim": claim, "paper": paper, "reslab": measured, "holds": verdict[key]})
+    return claims

@@ -170,12 +170,29 @@ def reordered(model: nn.Module, swaps: Sequence[tuple[str, str]]) -> Iterator[nn
 # The studies
 
 
-def error_pct(model: nn.Module, batches: Sequence[Batch], bf16: bool = False) -> float:
-    """Test error of ``model`` on ``batches`` in %."""
-    return 100.0 * (1.0 - accuracy(model, batches, bf16=bf16))
+def lesion_evaluations(units: Sequence[Unit], max_k: int, draws: int, *, include_downsampling: bool = False,
+                       plain_units: Optional[Sequence[Unit]] = None) -> int:
+    """How many passes over the test images :func:`lesion_study` makes (for a progress bar)."""
+    def single(found: Sequence[Unit]) -> int:
+        return sum(1 for u in found if u.deletable) + 1
+
+    candidates = sum(1 for u in units if include_downsampling or not u.reshapes)
+    pairs = len(swappable_pairs(units))
+    return (single(units) + draws * (min(max_k, candidates) + min(max_k, pairs))
+            + (single(plain_units) if plain_units is not None else 0))
 
 
-def delete_each(model: nn.Module, batches: Sequence[Batch], *, bf16: bool = False) -> dict:
+def error_pct(model: nn.Module, batches: Sequence[Batch], bf16: bool = False,
+              tick: Optional[Callable[[], None]] = None) -> float:
+    """Test error of ``model`` on ``batches`` in %; ``tick()`` after the pass."""
+    error = 100.0 * (1.0 - accuracy(model, batches, bf16=bf16))
+    if tick is not None:
+        tick()
+    return error
+
+
+def delete_each(model: nn.Module, batches: Sequence[Batch], *, bf16: bool = False,
+                tick: Optional[Callable[[], None]] = None) -> dict:
     """Test error with each unit deleted alone (Veit et al. 2016, Fig. 3), with the baseline
     and chance-level errors; a unit that cannot be deleted gets ``error_pct = None``."""
     example = batches[0][0][:2]
@@ -187,10 +204,10 @@ def delete_each(model: nn.Module, batches: Sequence[Batch], *, bf16: bool = Fals
         error = None
         if unit.deletable:
             with lesioned(model, [unit]):
-                error = error_pct(model, batches, bf16)
+                error = error_pct(model, batches, bf16, tick)
         rows.append({"index": index, "block": unit.name, "downsampling": unit.reshapes,
                      "deletable": unit.deletable, "error_pct": error})
-    return {"residual": any(u.residual for u in units), "baseline_error_pct": error_pct(model, batches, bf16),
+    return {"residual": any(u.residual for u in units), "baseline_error_pct": error_pct(model, batches, bf16, tick),
             "chance_error_pct": 100.0 * (1 - 1 / num_classes), "blocks": rows}
 
 
@@ -201,7 +218,7 @@ def _summary(k: int, errors: list[float]) -> dict:
 
 
 def error_vs_k(model: nn.Module, batches: Sequence[Batch], choices: Sequence, change: Callable, max_k: int, draws: int,
-               rng: random.Random, *, bf16: bool = False) -> list[dict]:
+               rng: random.Random, *, bf16: bool = False, tick: Optional[Callable[[], None]] = None) -> list[dict]:
     """Test error under ``change(model, k random choices)`` (a context manager), ``draws``
     draws for each k = 1..max_k (at most the number of choices)."""
     rows = []
@@ -209,40 +226,42 @@ def error_vs_k(model: nn.Module, batches: Sequence[Batch], choices: Sequence, ch
         errors = []
         for _ in range(draws):
             with change(model, rng.sample(list(choices), k)):
-                errors.append(error_pct(model, batches, bf16))
+                errors.append(error_pct(model, batches, bf16, tick))
         rows.append(_summary(k, errors))
     return rows
 
 
 def delete_random(model: nn.Module, batches: Sequence[Batch], candidates: Sequence[Unit], max_k: int, draws: int,
-                  rng: random.Random, *, bf16: bool = False) -> list[dict]:
+                  rng: random.Random, *, bf16: bool = False, tick: Optional[Callable[[], None]] = None) -> list[dict]:
     """Test error with k random ``candidates`` deleted (Veit et al. 2016, Fig. 5 a)."""
-    return error_vs_k(model, batches, candidates, lesioned, max_k, draws, rng, bf16=bf16)
+    return error_vs_k(model, batches, candidates, lesioned, max_k, draws, rng, bf16=bf16, tick=tick)
 
 
 def reorder_random(model: nn.Module, batches: Sequence[Batch], pairs: Sequence[tuple[str, str]], max_k: int,
-                   draws: int, rng: random.Random, *, bf16: bool = False) -> list[dict]:
+                   draws: int, rng: random.Random, *, bf16: bool = False,
+                   tick: Optional[Callable[[], None]] = None) -> list[dict]:
     """Test error with k random ``pairs`` of same-shape blocks swapped (Veit et al. 2016, Fig. 5 b)."""
-    return error_vs_k(model, batches, pairs, reordered, max_k, draws, rng, bf16=bf16)
+    return error_vs_k(model, batches, pairs, reordered, max_k, draws, rng, bf16=bf16, tick=tick)
 
 
 def lesion_study(model: nn.Module, batches: Sequence[Batch], *, plain: Optional[tuple[nn.Module, Sequence[Batch]]] = None,
                  max_k: int = 10, draws: int = 5, seed: int = 0, include_downsampling: bool = False,
-                 bf16: bool = False) -> dict:
+                 bf16: bool = False, tick: Optional[Callable[[], None]] = None) -> dict:
     """The whole study of Veit et al. 2016, sec. 4, as one JSON-ready table.
 
     ``single``: error with each block deleted alone; ``deleted``: error vs the number k of
     random blocks deleted (downsampling blocks are candidates only with
     ``include_downsampling``); ``reordered``: error vs the number k of random swaps of
     same-shape blocks; ``plain`` (when a plain net and its batches are given): each of its
-    units deleted alone. The models are left as they were.
+    units deleted alone; ``claims``: the paper's claims against these numbers. ``tick()`` is
+    called after each pass over the test images. The models are left as they were.
     """
     if not residual_blocks(model):
         raise ValueError(f"{type(model).__name__} has no residual blocks: pass a residual network, "
                          "and a plain one as the plain network to compare")
     rng = random.Random(seed)
     with evaluation_mode(model):
-        single = delete_each(model, batches, bf16=bf16)
+        single = delete_each(model, batches, bf16=bf16, tick=tick)
         units = find_units(model, batches[0][0][:2])
         candidates = [u for u in units if include_downsampling or not u.reshapes]
         pairs = swappable_pairs(units)
@@ -252,14 +271,55 @@ def lesion_study(model: nn.Module, batches: Sequence[Batch], *, plain: Optional[
             "num_images": sum(len(y) for _, y in batches), "draws": draws, "seed": seed,
             "deletion_candidates": "all blocks" if include_downsampling else "blocks that keep the shape (not downsampling)",
             "single": single,
-            "deleted": delete_random(model, batches, candidates, max_k, draws, rng, bf16=bf16),
-            "reordered": reorder_random(model, batches, pairs, max_k, draws, rng, bf16=bf16),
+            "deleted": delete_random(model, batches, candidates, max_k, draws, rng, bf16=bf16, tick=tick),
+            "reordered": reorder_random(model, batches, pairs, max_k, draws, rng, bf16=bf16, tick=tick),
         }
     if plain is not None:
         plain_model, plain_batches = plain
         with evaluation_mode(plain_model):
-            result["plain"] = delete_each(plain_model, plain_batches, bf16=bf16)
+            result["plain"] = delete_each(plain_model, plain_batches, bf16=bf16, tick=tick)
+    result["claims"] = lesion_claims(result)
     return result
+
+
+def lesion_claims(result: dict) -> list[dict]:
+    """Veit et al. 2016, sec. 4 against a lesion study's numbers. "Barely changes" is read as a
+    median rise of under 2 points over the blocks that keep the shape; "collapses" as a median
+    within 10 points of chance; "rises smoothly" as a mean error that never falls as k grows and
+    stays below chance at the largest k."""
+    single = result["single"]
+    base, chance = single["baseline_error_pct"], single["chance_error_pct"]
+    kept = [r["error_pct"] for r in single["blocks"] if not r["downsampling"] and r["error_pct"] is not None]
+    down = [r["error_pct"] for r in single["blocks"] if r["downsampling"] and r["error_pct"] is not None]
+    median = statistics.median(kept) if kept else None
+    rows = [{"claim": "deleting one residual block (not downsampling) barely changes the test error",
+             "paper": "ResNet-110: most single deletions stay near the ~6% baseline (Fig. 3 a)",
+             "reslab": (f"baseline {base:.2f}%, median {median:.2f}%, worst {max(kept):.2f}% over {len(kept)} blocks"
+                        if kept else "no block that keeps the shape"),
+             "holds": None if median is None else median - base < 2.0}]
+    if down:
+        rows.append({"claim": "deleting a downsampling block hurts more than the others",
+                     "paper": "ResNet-110: the downsampling blocks are the exceptions (Fig. 3 a)",
+                     "reslab": f"downsampling blocks {', '.join(f'{e:.1f}%' for e in down)}",
+                     "holds": None if median is None else min(down) > median})
+    if "plain" in result:
+        plain = [r["error_pct"] for r in result["plain"]["blocks"] if r["error_pct"] is not None]
+        plain_median = statistics.median(plain) if plain else None
+        rows.append({"claim": "deleting one layer of a plain network gives chance-level error",
+                     "paper": "VGG-15 on CIFAR-10: ~90% error for any single deletion (Fig. 3 b)",
+                     "reslab": (f"plain baseline {result['plain']['baseline_error_pct']:.2f}%, median {plain_median:.1f}%, "
+                                f"best {min(plain):.1f}% over {len(plain)} blocks" if plain else "no deletable block"),
+                     "holds": None if plain_median is None else plain_median > chance - 10})
+    for key, what, paper in (("deleted", "deleting", "Fig. 5 a: smooth rise, ~20% error at 10 of 54 blocks deleted"),
+                             ("reordered", "reordering", "Fig. 5 b: smooth rise with the number of swaps")):
+        means = [r["mean_error_pct"] for r in result.get(key, [])]
+        if means:
+            rows.append({"claim": f"the error rises smoothly with the number of blocks {what[:-3] + 'ed'}",
+                         "paper": f"ResNet-110, {paper}",
+                         "reslab": f"mean error k=1 {means[0]:.1f}%, k={len(means)} {means[-1]:.1f}% "
+                                   f"({result['draws']} draws each)",
+                         "holds": all(b >= a - 0.5 for a, b in zip(means, means[1:])) and means[-1] < chance})
+    return rows
 
 
 # ------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ positions) of the test images, accumulated in float64.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -85,16 +86,43 @@ def response_stds(model: nn.Module, batches: Sequence[Batch], *, bf16: bool = Fa
     return [{"index": i, "block": name, "std": hook.std} for i, ((name, _, _), hook) in enumerate(zip(layers, hooks), 1)]
 
 
-def responses_study(models: dict[str, tuple[nn.Module, Sequence[Batch]]], *, bf16: bool = False) -> dict:
-    """Response stds of several labelled models, each with its own (normalised) batches."""
+def responses_study(models: dict[str, tuple[nn.Module, Sequence[Batch]]], *, bf16: bool = False,
+                    tick: Optional[Callable[[], None]] = None) -> dict:
+    """Response stds of several labelled models, each with its own (normalised) batches, and the
+    claim table; ``tick()`` after each model."""
     results = []
     for label, (model, batches) in models.items():
         rows = response_stds(model, batches, bf16=bf16)
+        if tick is not None:
+            tick()
         results.append({"model": label, "residual": any(isinstance(m, ResidualBlock) for m in model.modules()),
-                        "mean_std": sum(r["std"] for r in rows) / len(rows),
+                        "num_blocks": len(rows), "mean_std": sum(r["std"] for r in rows) / len(rows),
                         "sorted_std": sorted((r["std"] for r in rows), reverse=True), "blocks": rows})
     return {"experiment": "responses", "title": "Standard deviation of the residual responses (He et al. 2015, Fig. 7)",
-            "num_images": sum(len(y) for _, y in next(iter(models.values()))[1]), "models": results}
+            "num_images": sum(len(y) for _, y in next(iter(models.values()))[1]), "models": results,
+            "claims": responses_claims(results)}
+
+
+def responses_claims(entries: Sequence[dict]) -> list[dict]:
+    """He et al. 2015, sec. 4.2 (Fig. 7), judged on the mean response std over the blocks: a
+    residual net responds less than the plain net with as many blocks, and a deeper residual net
+    less than a shallower one."""
+    rows = []
+    plain = {e["num_blocks"]: e for e in entries if not e["residual"]}
+    for entry in (e for e in entries if e["residual"] and e["num_blocks"] in plain):
+        other = plain[entry["num_blocks"]]
+        rows.append({"claim": f"{entry['model']} responds less than {other['model']}",
+                     "paper": "ResNets have generally smaller responses than their plain counterparts (Fig. 7)",
+                     "reslab": f"mean std {entry['mean_std']:.3f} vs {other['mean_std']:.3f}",
+                     "holds": entry["mean_std"] < other["mean_std"]})
+    residual = sorted((e for e in entries if e["residual"]), key=lambda e: e["num_blocks"])
+    if len({e["num_blocks"] for e in residual}) > 1:
+        stds = [e["mean_std"] for e in residual]
+        rows.append({"claim": "the deeper the ResNet, the smaller its responses",
+                     "paper": "ResNet-20 > 56 > 110 in response std (Fig. 7)",
+                     "reslab": ", ".join(f"{e['model']} {e['mean_std']:.3f}" for e in residual),
+                     "holds": all(b < a for a, b in zip(stds, stds[1:]))})
+    return rows
 
 
 def plot_responses(result: dict, path) -> None:

@@ -30,22 +30,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reslab.analysis.lesion import lesion_study, plot_k_studies, plot_single_deletions
+    from reslab.analysis.lesion import find_units, lesion_evaluations, lesion_study, plot_k_studies, plot_single_deletions
     from reslab.analysis.plots import write_json
     from reslab.analysis.report import to_text
-    from reslab.commands.options import checkpoint_name, load_checkpoint_batches, load_images, output_folder, run_in_bf16
+    from reslab.analysis.sources import load_models_on_images, model_record, run_record, write_run_record
+    from reslab.commands.options import checkpoint_name, output_folder, run_in_bf16
+    from reslab.data.progress import progress_bar
+    from reslab.models.layers import residual_blocks
 
     out = output_folder(args.out, "lesion", checkpoint_name(args.checkpoint), overwrite=args.overwrite)
-    dataset = load_images(args)
-    model, card, _, batches = load_checkpoint_batches(args.checkpoint, dataset, args)
-    plain = None
-    if args.plain:
-        plain_model, _, _, plain_batches = load_checkpoint_batches(args.plain, dataset, args)
-        plain = (plain_model, plain_batches)
-    result = lesion_study(model, batches, plain=plain, max_k=args.max_k, draws=args.draws, seed=args.seed,
-                          include_downsampling=args.include_downsampling, bf16=run_in_bf16(args))
+    sources = [args.checkpoint] + ([args.plain] if args.plain else [])
+    indices, loaded = load_models_on_images(args, sources)
+    (model, card, batches), *others = loaded.values()
+    if not residual_blocks(model):
+        raise ValueError(f"{args.checkpoint} ({card.model}) has no residual blocks: the lesion study deletes the blocks "
+                         "of a residual network (resnet56, ...); pass a plain net as --plain to compare")
+    plain = (others[0][0], others[0][2]) if others else None
+    records = [model_record(source, m, c.model) for source, (m, c, _) in zip(sources, loaded.values())]
+    example = batches[0][0][:2]
+    total = lesion_evaluations(find_units(model, example), args.max_k, args.draws,
+                               include_downsampling=args.include_downsampling,
+                               plain_units=find_units(plain[0], example) if plain else None)
+    bf16 = run_in_bf16(args)
+    with progress_bar(total, "passes over the test images", unit="pass") as bar:
+        result = lesion_study(model, batches, plain=plain, max_k=args.max_k, draws=args.draws, seed=args.seed,
+                              include_downsampling=args.include_downsampling, bf16=bf16, tick=lambda: bar.update(1))
     result.update(checkpoint=str(args.checkpoint), model=card.model, plain_checkpoint=args.plain, split=args.split)
     write_json(out / "lesion.json", result)
+    write_run_record(out, run_record("lesion", seed=args.seed, models=records, data=args.data, split=args.split,
+                                     image_indices=indices, precision="bf16" if bf16 else "fp32"))
     plot_single_deletions(result, out / "lesion_blocks.png")
     plot_k_studies(result, out / "lesion_k.png")
     print(to_text(result))

@@ -40,12 +40,17 @@ def run(args: argparse.Namespace) -> int:
     from reslab.analysis.paths import path_study, plot_paths
     from reslab.analysis.plots import write_json
     from reslab.analysis.report import to_text
+    from reslab.analysis.paths import require_residual_blocks
+    from reslab.analysis.sources import load_models_on_images, model_record, run_record, write_run_record
     from reslab.checkpoint import load_model
-    from reslab.commands.options import checkpoint_name, device_of, load_checkpoint_batches, load_images, output_folder
+    from reslab.commands.options import checkpoint_name, device_of, output_folder
+    from reslab.data.progress import progress_bar
 
     out = output_folder(args.out, "paths", checkpoint_name(args.checkpoint), overwrite=args.overwrite)
+    indices = None
     if args.data:
-        model, card, _, batches = load_checkpoint_batches(args.checkpoint, load_images(args), args)
+        indices, loaded = load_models_on_images(args, [args.checkpoint])
+        model, card, batches = next(iter(loaded.values()))
         images, labels = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
         source = f"{len(labels)} {args.split} images of {args.data}"
     else:
@@ -54,9 +59,15 @@ def run(args: argparse.Namespace) -> int:
         images = torch.randn(args.images, 3, card.input_size, card.input_size, generator=generator).to(device_of(args))
         labels = torch.randint(card.num_classes, (args.images,), generator=generator).to(images.device)
         source = f"{args.images} images of Gaussian noise with random labels (no --data given)"
-    result = path_study(model, images, labels, samples=args.samples, seed=args.seed, fraction=args.fraction)
+    blocks = require_residual_blocks(model)
+    with progress_bar(blocks + 1, f"gradients of {args.samples} paths per length", unit="length") as bar:
+        result = path_study(model, images, labels, samples=args.samples, seed=args.seed, fraction=args.fraction,
+                            tick=lambda: bar.update(1))
     result.update(checkpoint=str(args.checkpoint), model=card.model, images=source)
     write_json(out / "paths.json", result)
+    write_run_record(out, run_record("paths", seed=args.seed, models=[model_record(args.checkpoint, model, card.model)],
+                                     data=args.data or "Gaussian noise", split=args.split if args.data else None,
+                                     image_indices=indices, precision="fp32"))
     plot_paths(result, out / "paths.png")
     print(to_text(result))
     window = result["total_window"]

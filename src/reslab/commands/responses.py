@@ -22,18 +22,21 @@ def run(args: argparse.Namespace) -> int:
     from reslab.analysis.plots import write_json
     from reslab.analysis.report import to_text
     from reslab.analysis.responses import plot_responses, responses_study
-    from reslab.commands.options import load_checkpoint_batches, load_images, names_of, output_folder, run_in_bf16
+    from reslab.analysis.sources import load_models_on_images, model_record, run_record, write_run_record
+    from reslab.commands.options import names_of, output_folder, run_in_bf16
+    from reslab.data.progress import progress_bar
 
     out = output_folder(args.out, "responses", names_of(args.checkpoints), overwrite=args.overwrite)
-    dataset = load_images(args)
-    models = {}
-    for path in args.checkpoints:
-        model, card, _, batches = load_checkpoint_batches(path, dataset, args)
-        label = card.model if card.model not in models else f"{card.model} ({path})"
-        models[label] = (model, batches)
-    result = responses_study(models, bf16=run_in_bf16(args))
+    indices, loaded = load_models_on_images(args, args.checkpoints)
+    records = [model_record(source, model, card.model) for source, (model, card, _) in zip(args.checkpoints, loaded.values())]
+    models = {label: (model, batches) for label, (model, _, batches) in loaded.items()}
+    bf16 = run_in_bf16(args)
+    with progress_bar(len(models), "responses over the test images", unit="model") as bar:
+        result = responses_study(models, bf16=bf16, tick=lambda: bar.update(1))
     result["checkpoints"] = list(args.checkpoints)
     write_json(out / "responses.json", result)
+    write_run_record(out, run_record("responses", seed=args.seed, models=records, data=args.data, split=args.split,
+                                     image_indices=indices, precision="bf16" if bf16 else "fp32"))
     plot_responses(result, out / "responses.png")
     print(to_text(result))
     print(f"wrote {out / 'responses.json'} and {out / 'responses.png'}")

@@ -17,7 +17,7 @@ import argparse
 from reslab.argtypes import survival_probability
 from reslab.commands.options import add_output_arguments, add_training_arguments
 
-RESULT_FILES = ("sdepth.json", "sdepth.png")
+RESULT_FILES = ("sdepth.json", "sdepth.png", "sdepth_run.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,10 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from reslab.analysis.report import to_text
     from reslab.analysis.sdepth import RUNS, sdepth_experiment
+    from reslab.analysis.sources import run_record, write_run_record
+    from reslab.pretrained import sha256_of
     from reslab.commands.options import output_folder, training_overrides
 
     out = output_folder(args.out, "sdepth", args.model, overwrite=args.overwrite, continues=(*RUNS, *RESULT_FILES))
-    result = sdepth_experiment(args.data, out, args.model, args.recipe, args.p_last, **training_overrides(args))
+    overrides = training_overrides(args)
+    result = sdepth_experiment(args.data, out, args.model, args.recipe, args.p_last, **overrides)
+    write_run_record(out, run_record("sdepth", seed=overrides.get("seed", 0), models=[
+        {"run": str(out / name), "model": args.model, "metrics_sha256": sha256_of(out / name / "metrics.jsonl")}
+        for name in RUNS], data=args.data))
     print(to_text({k: v for k, v in result.items() if k != "epochs"}))
     depth, time = result["depth"], result["time"]
     print(f"expected depth {depth['sum_survival']:.2f} of {depth['blocks']} blocks ((3L-1)/4 = {depth['paper_formula']:.2f}), "
