@@ -105,3 +105,16 @@ def key_value(text: str) -> tuple[str, Any]:
     except (ValueError, SyntaxError):
         parsed = value
     return key.strip(), parsed
+
+
+_count_or_fraction = _bounded(float, lambda v: 0 <= v < 1 or float(v).is_integer(),
+                              "a count (0, 1, 2, ...) or a fraction in (0, 1)", "count_or_fraction")
+
+
+def count_or_fraction(text: str) -> float:
+    """A number of items, '5000' (an int), or a fraction of them, '0.1' (a float in (0, 1))."""
+    value = _count_or_fraction(text)
+    return int(value) if float(value).is_integer() else value
+
+
+count_or_fraction.accepts, count_or_fraction.requirement = _count_or_fraction.accepts, _count_or_fraction.requirement

@@ -8,7 +8,7 @@ from pathlib import Path
 from reslab.data.cache import default_cache_dir, entry_folder, read_entry, write_entry
 from reslab.data.dataset import ImageDataset
 from reslab.data.download import dataset_name, download_cifar
-from reslab.data.readers import find_source
+from reslab.data.readers import SplitSource, find_source
 from reslab.errors import DataError
 
 
@@ -27,6 +27,12 @@ def load_dataset(path: str | os.PathLike, split: str = "train", *, cache_dir: Pa
     and extracted into it first (:mod:`reslab.data.download`). In distributed runs, load on one
     rank first so that the others find it there.
     """
+    path = prepare_folder(path, download=download, progress=progress)
+    return load_source(find_source(path, split), path, cache_dir=cache_dir, progress=progress, cache=cache)
+
+
+def prepare_folder(path: str | os.PathLike, *, download: bool = False, progress: bool = True) -> Path:
+    """``path`` as a Path that exists, CIFAR downloaded into it first if asked and it is empty."""
     path = Path(path).expanduser()
     if download and _is_empty(path):
         download_cifar(dataset_name(path), path, progress=progress)
@@ -34,7 +40,12 @@ def load_dataset(path: str | os.PathLike, split: str = "train", *, cache_dir: Pa
         raise DataError(f"{path} does not exist; pass a data set folder (train/<class>/<images>, test/..., or an "
                         "extracted official CIFAR archive), or download CIFAR-10/100 into it (`reslab train "
                         "--download`, or download=True in Python)")
-    source = find_source(path, split)
+    return path
+
+
+def load_source(source: SplitSource, path: Path, *, cache_dir: Path | None = None, progress: bool = True,
+                cache: bool = True) -> ImageDataset:
+    """The data set of a split already found at ``path`` (:func:`~reslab.data.readers.find_source`), through the cache."""
     if not cache:
         return source.read(progress)
     entry = entry_folder(source, Path(cache_dir) if cache_dir is not None else default_cache_dir(), path)

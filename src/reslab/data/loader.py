@@ -5,8 +5,8 @@ device once, and each batch is one gather plus whole-batch augmentation (:mod:`r
 
 Everything random is a pure function of the position in the stream of batches:
 
-* epoch ``e``'s order is ``randperm(N)`` from a generator seeded by ``(seed, e)``, the same on
-  every rank; rank ``r`` of ``W`` takes every W-th sample of it (disjoint, equal shards);
+* epoch ``e``'s order and rank ``r``'s shard of it come from :class:`~reslab.data.sampling.EpochCursor`
+  (a permutation seeded by ``(seed, e)``, every W-th sample to each of W ranks);
 * batch ``b`` of epoch ``e`` on rank ``r`` is augmented from a generator seeded by
   ``(seed, e, b, r)``.
 
@@ -17,8 +17,6 @@ Random draws are made on the CPU and moved to the device, so CPU and GPU runs ag
 
 from __future__ import annotations
 
-import hashlib
-import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -26,20 +24,12 @@ from torch import Tensor
 
 from reslab.data.augment import PADDING_MODES, crop_flip, cutout_, draw_augmentation, normalize, pad_images
 from reslab.data.dataset import ImageDataset
+from reslab.data.sampling import EpochCursor, derived_seed, seeded_generator
+
+__all__ = ["BatchLoader", "derived_seed", "seeded_generator"]
 
 
-def derived_seed(*numbers: int) -> int:
-    """A 63-bit seed that depends on every number given (and their order); stable across runs."""
-    digest = hashlib.blake2b(repr(tuple(int(n) for n in numbers)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-def seeded_generator(*numbers: int) -> torch.Generator:
-    """A CPU generator seeded by :func:`derived_seed` of ``numbers``."""
-    return torch.Generator().manual_seed(derived_seed(*numbers))
-
-
-class BatchLoader:
+class BatchLoader(EpochCursor):
     """Yields ``(images, labels)``: float32 ``[B, 3, H, W]`` normalised by ``mean``/``std`` (channels_last
     memory format if asked) and int64 ``[B]``, on ``device``.
 
@@ -73,13 +63,8 @@ class BatchLoader:
                  padding_mode: str = "zeros", flip: bool = True, alternating_flip: bool = False, cutout: int = 0, seed: int = 0,
                  drop_last: bool | None = None, rank: int = 0, world_size: int = 1,
                  channels_last: bool = True) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in range for world_size {world_size}")
-        if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} is not divisible by world_size {world_size}; "
-                             "the global batch is split equally between ranks")
+        super().__init__(len(dataset), batch_size, train=train, seed=seed, drop_last=drop_last, rank=rank,
+                         world_size=world_size)
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         if crop_padding < 0 or cutout < 0:
@@ -93,11 +78,6 @@ class BatchLoader:
             raise ValueError(f"{dataset.source or 'data set'} is empty: nothing to load")
 
         self.device = torch.device(device)
-        self.train = train
-        self.batch_size = batch_size // world_size  # per rank
-        self.global_batch_size = batch_size
-        self.drop_last = train if drop_last is None else drop_last
-        self.rank, self.world_size, self.seed = rank, world_size, seed
         self.channels_last = channels_last
         self.num_classes = dataset.num_classes
         self.height, self.width = dataset.image_size
@@ -109,12 +89,9 @@ class BatchLoader:
             if self.flip and alternating_flip else None
         self.cutout = cutout if train else 0
         self.small_crop = (0, 0)  # (side, epochs): see use_small_crops
-        self.num_examples = len(dataset)
         # The only copy of the data kept: on the device, padded once for the crops when training.
         self.images = pad_images(dataset.images.to(self.device), self.crop_padding, padding_mode)
         self.labels = dataset.labels.to(self.device)
-        self.epoch = 0
-        self.batches_done = 0
         if len(self) == 0:
             raise ValueError(f"no full batch of {self.batch_size} in the {self.samples_per_rank} samples of each rank of "
                              f"{dataset.source or 'the data set'}; lower batch_size or pass drop_last=False")
@@ -127,51 +104,13 @@ class BatchLoader:
             raise ValueError("small crops are for training; an eval loader yields whole images")
         self.small_crop = (side, epochs) if epochs else (0, 0)
 
-    # -------------------------------------------------------------------- sizes and position
-    @property
-    def samples_per_rank(self) -> int:
-        """Samples this rank sees per epoch (before ``drop_last``)."""
-        if self.train:
-            return self.num_examples // self.world_size
-        return len(range(self.rank, self.num_examples, self.world_size))
-
-    def __len__(self) -> int:
-        """Batches per epoch on this rank."""
-        if self.drop_last:
-            return self.samples_per_rank // self.batch_size
-        return math.ceil(self.samples_per_rank / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Move to the start of ``epoch``, or stay where we are if already inside it."""
-        if epoch != self.epoch:
-            self.epoch, self.batches_done = int(epoch), 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches_done": self.batches_done}
-
-    def load_state_dict(self, state: dict) -> None:
-        epoch, done = int(state["epoch"]), int(state["batches_done"])
-        if epoch < 0 or not 0 <= done <= len(self):
-            raise ValueError(f"loader state {state} does not fit this loader ({len(self)} batches per epoch)")
-        self.epoch, self.batches_done = epoch, done
-
     # -------------------------------------------------------------------- the batches
-    def epoch_indices(self, epoch: int) -> Tensor:
-        """This rank's sample indices for ``epoch``, in order (CPU int64)."""
-        if not self.train:
-            return torch.arange(self.rank, self.num_examples, self.world_size)
-        order = torch.randperm(self.num_examples, generator=seeded_generator(self.seed, epoch))
-        usable = self.num_examples - self.num_examples % self.world_size
-        return order[self.rank:usable:self.world_size]
-
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         if not self.train:
             yield from self._batches(epoch=0, start=0)
             return
-        if self.batches_done >= len(self):  # a state saved after the last batch of an epoch
-            self.epoch, self.batches_done = self.epoch + 1, 0
-        epoch = self.epoch
-        for batch in self._batches(epoch, self.batches_done):
+        epoch, start = self.next_pass()
+        for batch in self._batches(epoch, start):
             self.batches_done += 1
             yield batch
         self.epoch, self.batches_done = epoch + 1, 0

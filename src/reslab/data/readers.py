@@ -12,7 +12,8 @@ Formats, detected from what the folder contains:
   an image of another mode (grey, palette, RGBA, CMYK) is converted to RGB, dropping alpha; one of
   more than 8 bits per channel (16-bit grey, 32-bit integer or float) is an error, as converting
   it would clip its pixels.
-  Hidden files (``.name``) and sub-folders of class folders are skipped.
+  Hidden files (``.name``), files whose suffix is not one Pillow opens (``notes.txt``) and
+  sub-folders of class folders are skipped, and counted (``SplitSource.skipped``).
 
 A folder that holds one of the official folders (as an extracted archive does) is read through it.
 Decoding runs on every core (a process per core, over chunks of files) with a progress bar.
@@ -34,6 +35,7 @@ import torch
 from reslab.data.dataset import ImageDataset
 from reslab.data.progress import progress_bar
 from reslab.errors import DataError
+from reslab.inference.preprocess import readable_extensions
 
 SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
 PARALLEL_MIN_FILES = 2000  # below this, starting worker processes costs more than it saves
@@ -51,6 +53,7 @@ class SplitSource:
     reader: Callable[["SplitSource", bool], ImageDataset] = field(repr=False)
     classes: list[str] = field(default_factory=list)  # class-folder format: the folder names
     labels: list[int] = field(default_factory=list)  # class-folder format: the label of each file
+    skipped: dict[str, int] = field(default_factory=dict)  # class-folder format: files left out, by reason
 
     def read(self, progress: bool = True) -> ImageDataset:
         return self.reader(self, progress)
@@ -63,6 +66,40 @@ def find_source(path: Path, split: str) -> SplitSource:
     if not path.is_dir():
         raise DataError(f"{path} is not a folder; pass a data set folder (class folders or an extracted CIFAR archive)")
     return find_cifar(path, split) or class_folder_source(path, split)
+
+
+@dataclass
+class Splits:
+    """A data set's splits on disk: ``test`` is ``test/`` (else ``val/``), None for a single folder
+    of class folders (hold images out with ``--val``); ``val`` is ``val/`` when ``test/`` exists too."""
+
+    train: SplitSource
+    test: SplitSource | None
+    val: SplitSource | None
+
+    def check_classes(self) -> None:
+        """A split whose classes differ from the training split's is an error (its labels would be wrong)."""
+        for source in (self.test, self.val):
+            if source is None or source.classes == self.train.classes:
+                continue
+            extra = sorted(set(source.classes) - set(self.train.classes))
+            missing = sorted(set(self.train.classes) - set(source.classes))
+            what = (f"has classes that {self.train.location} lacks: {', '.join(extra[:5])}" if extra
+                    else f"lacks classes of {self.train.location}: {', '.join(missing[:5])}")
+            raise DataError(f"{source.location} {what}; every split needs the same class folders")
+
+
+def find_splits(path: Path) -> Splits:
+    """The splits of the data set at ``path`` (see :class:`Splits`)."""
+    train = find_source(path, "train")
+    if train.format != "class-folders":
+        return Splits(train, find_source(path, "test"), None)
+    present = [name for name in ("test", "val") if (path / name).is_dir()]
+    if not present:
+        return Splits(train, None, None)
+    test = class_folder_source(path, present[0])
+    val = class_folder_source(path, "val") if present == ["test", "val"] else None
+    return Splits(train, test, val)
 
 
 # ------------------------------------------------------------------------------------------
@@ -92,14 +129,25 @@ def class_folder_source(root: Path, split: str) -> SplitSource:
                         "or an extracted official CIFAR archive")
     files: list[str] = []
     labels: list[int] = []
+    skipped = {"hidden": 0, "not an image": 0}
+    suffixes = readable_extensions()
     for label, class_dir in enumerate(class_dirs):
-        images = sorted(e.path for e in os.scandir(class_dir.path) if e.is_file() and not e.name.startswith("."))
+        images = []
+        for entry in os.scandir(class_dir.path):
+            if not entry.is_file():
+                continue
+            if entry.name.startswith("."):
+                skipped["hidden"] += 1
+            elif os.path.splitext(entry.name)[1].lower() not in suffixes:
+                skipped["not an image"] += 1
+            else:
+                images.append(entry.path)
         if not images:
             raise DataError(f"class folder {class_dir.path} holds no image files; add images or delete the folder")
-        files += images
+        files += sorted(images)
         labels += [label] * len(images)
     return SplitSource("class-folders", folder, split, files, read_class_folders,
-                       classes=[e.name for e in class_dirs], labels=labels)
+                       classes=[e.name for e in class_dirs], labels=labels, skipped=skipped)
 
 
 def read_class_folders(source: SplitSource, progress: bool = True) -> ImageDataset:
