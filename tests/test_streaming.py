@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,7 @@ def photos(tmp_path_factory) -> Path:
 def streaming_config(data: Path, **overrides) -> TrainConfig:
     values = dict(model="resnet20", data=str(data), epochs=1, batch_size=8, base_batch_size=8, image_size=16,
                   workers=0, eval_batch_size=16, progress="quiet", bad_image_limit=0.05, tta_flip=False,
-                  small_crop=0, small_crop_part=0.0)
+                  tta_translate=0, small_crop=0, small_crop_part=0.0)
     return TrainConfig.from_recipe("fast", **{**values, **overrides})
 
 
@@ -273,3 +274,28 @@ def test_reslab_train_on_a_photo_folder_streams(photos, tmp_path, capsys):
     assert "1 hidden file, 1 not an image file" in printed.out
     assert "corrupt.jpg" in printed.err
     assert (out / "model.safetensors").exists() and (out / "result.json").exists()
+
+
+def test_a_streaming_run_stopped_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_one(photos, tmp_path):
+    from reslab.train import train
+    from reslab.train.state import read_config
+    from reslab.train.trainer import TrainingInterrupted
+
+    class StopAt:
+        def after_backward(self, model, iteration):
+            if iteration == 5:  # the second of epoch 2's four batches
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def run(out: Path, **extra) -> dict:
+        config = streaming_config(photos, out=str(out), epochs=2, threads=1, compile=False, eval_interval=0)
+        train(config, **extra)
+        return torch.load(out / "checkpoint.pt", weights_only=True)
+
+    reference = run(tmp_path / "reference")
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path / "stopped", extensions=[StopAt()])
+    saved = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)["progress"]
+    assert saved["loader"] == {"epoch": 1, "batches_done": 2}
+    train(read_config(tmp_path / "stopped"), resume=True)
+    resumed = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(resumed["model"][k], reference["model"][k]) for k in reference["model"])

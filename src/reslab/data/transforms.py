@@ -34,6 +34,7 @@ from reslab.inference.preprocess import default_resize_size, to_rgb
 
 SCALE = (0.08, 1.0)  # RandomResizedCrop's share of the image area
 RATIO = (3 / 4, 4 / 3)  # and its aspect ratios (width / height)
+USE_DRAFT = True  # False decodes every JPEG at full size (benchmarks/stream_throughput.py measures the difference)
 TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 Box = tuple[float, float, float, float]  # left, top, right, bottom in pixels of the oriented image
 
@@ -90,7 +91,7 @@ def read_crop(path: str, size: int, *, rng: random.Random | None = None, flip: b
                    else centre_box(*oriented, size, default_resize_size(size)))
             # JPEG: decode at the smallest 1/2^k scale that keeps the box at least `size` px a side.
             reduction = min(box[2] - box[0], box[3] - box[1]) / size
-            if image.format == "JPEG" and reduction >= 2:
+            if USE_DRAFT and image.format == "JPEG" and reduction >= 2:
                 image.draft(None, (math.ceil(width / reduction), math.ceil(height / reduction)))
             image.load()
             drafted = image.size[::-1] if swapped else image.size
