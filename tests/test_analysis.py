@@ -631,6 +631,7 @@ def test_lesion_claims_judge_the_numbers():
     result["plain"] = _single(8.0, [20.0, 30.0], residual=False)
     claims = {c["claim"]: c["holds"] for c in lesion_claims(result)}
     assert claims["deleting one residual block (not downsampling) barely changes the test error"] is False
+    assert len(lesion_claims({**result, "deleted": _ks([8.0]), "reordered": []})) == 3  # one k: no rise to judge
     assert claims["deleting one layer of a plain network gives chance-level error"] is False
     assert claims["the error rises smoothly with the number of blocks deleted"] is False
 
@@ -683,3 +684,21 @@ def test_sdepth_claims():
     summary["time"]["time_saved_pct"] = 10.0
     summary["depth"]["measured_active_blocks"] = 24.0
     assert [c["holds"] for c in sdepth_claims(summary)][:2] == [False, False]
+
+
+def test_sdepth_on_a_plain_net_fails_before_training(tmp_path, capsys):
+    out = tmp_path / "sdepth"
+    assert main(["sdepth", "--data", str(tmp_path), "--model", "plain20", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "applies to residual networks" in err and not out.exists()
+
+
+def test_a_finished_run_without_its_checkpoint_is_reused(tmp_path):
+    from reslab.analysis.degradation import train_or_reuse
+    from reslab.train import TrainConfig
+    from reslab.train.state import CHECKPOINT_FILE
+
+    config = TrainConfig.from_recipe("fast", model="resnet20", data="d", out=str(tmp_path / "run"), epochs=2)
+    fake_run(tmp_path / "run", config, [0.5, 0.1], [0.6, 0.2])
+    (tmp_path / "run" / CHECKPOINT_FILE).unlink()  # committed evidence keeps no checkpoint
+    assert train_or_reuse(config) == "reused"

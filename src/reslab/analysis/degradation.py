@@ -25,13 +25,13 @@ PRESENTATION_FIELDS = ("threads", "progress", "tensorboard", "log_interval", "ou
 
 def train_or_reuse(config, callbacks: Sequence[Any] = ()) -> str:
     """Train ``config`` into ``config.out``, or reuse the run there: ``'reused'`` when it is
-    finished, ``'resumed'`` when it was stopped (continued from its checkpoint), ``'trained'``
+    finished (its result.json written; the checkpoint may have been deleted), ``'resumed'`` when it was stopped (continued from its checkpoint), ``'trained'``
     when the folder held no run. A folder whose run was configured otherwise is an error."""
     from reslab.train import train
     from reslab.train.state import CHECKPOINT_FILE, RESULT_FILE, read_config
 
     out = Path(config.out)
-    if not (out / CHECKPOINT_FILE).exists():
+    if not (out / CHECKPOINT_FILE).exists() and not (out / RESULT_FILE).exists():  # a finished run may lack its checkpoint
         train(config, callbacks)
         return "trained"
     existing = read_config(out).to_dict()

@@ -65,7 +65,8 @@ def response_layers(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
             raise ValueError(f"block {name} of {type(model).__name__} has no BatchNorm2d, so it has no BN response")
         layers.append((name, norms[-1], "output"))
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no blocks whose responses could be measured")
+        raise ValueError(f"{type(model).__name__} has no blocks whose responses could be measured: the study applies to "
+                         "nets built of blocks (the zoo's residual and plain nets, e.g. resnet56, plain56)")
     return layers
 
 

@@ -36,6 +36,12 @@ def run(args: argparse.Namespace) -> int:
     from reslab.pretrained import sha256_of
     from reslab.commands.options import output_folder, training_overrides
 
+    from reslab.models.layers import residual_blocks
+    from reslab.registry import create_model
+
+    if not residual_blocks(create_model(args.model)):  # fail now, not after the first run has started
+        raise ValueError(f"{args.model} has no residual blocks: stochastic depth drops residual branches, so it applies "
+                         "to residual networks (resnet56, resnet110, preact_resnet110, ...)")
     out = output_folder(args.out, "sdepth", args.model, overwrite=args.overwrite, continues=(*RUNS, *RESULT_FILES))
     overrides = training_overrides(args)
     result = sdepth_experiment(args.data, out, args.model, args.recipe, args.p_last, **overrides)
