@@ -39,6 +39,8 @@ RECIPE_SOURCES = {
     "stochastic-depth": "Huang et al. 2016, sec. 4",
     "fast": "ours: [experiments/fast-recipe](experiments/fast-recipe/README.md)",
     "zoo": "ours: `fast`, twice as long, for the shipped weights",
+    "finetune": "ours, after Kornblith et al. 2019 (docs/finetune.md)",
+    "imagenet": "He et al. 2015, sec. 3.4; torchvision's reference; Goyal et al. 2017",
 }
 
 
@@ -78,7 +80,7 @@ def _schedule(v: dict[str, Any]) -> str:
     text = f"{_number(v['lr'])}, {v.get('schedule')}"
     milestones = v.get("milestones") or ()
     if v.get("schedule") == "step" and milestones:
-        text += f" x{_number(v.get('gamma'))} at {', '.join(_number(m) for m in milestones)} of the run"
+        text += f" x{_number(v.get('gamma'))} at {', '.join(_number(round(m, 3)) for m in milestones)} of the run"
     if v.get("warmup"):
         text += f", {_number(100 * v['warmup'])}% warm-up"
     if v.get("low_lr"):

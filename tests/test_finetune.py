@@ -185,23 +185,52 @@ def test_the_finetune_recipe():
 # Two processes
 
 
-def test_two_processes_linear_probe_equals_one_process(tiny_cifar, tmp_path):
+STOP_SCRIPT = """
+import os, signal, sys
+from reslab.cli import main
+from reslab.train import trainer
+
+class StopAt:  # SIGTERM to this rank after the backward pass of one iteration, on every rank
+    def after_backward(self, model, iteration):
+        if iteration == int(os.environ["STOP_AT"]):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+train = trainer.train
+trainer.train = lambda config, extensions=(), **kw: train(config, [StopAt(), *extensions], **kw)
+import reslab.train
+reslab.train.train = trainer.train
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_two_processes_linear_probe_equals_one_process_and_resumes_mid_epoch(tiny_cifar, tmp_path):
     """With frozen BN (a linear probe) and no random augmentation, two ranks' averaged gradients are
-    the one-process gradient of the whole batch: both runs end with the same classifier, and the
-    torchrun launch with c10d rendezvous (as on many machines) works."""
+    the one-process gradient of the whole batch: a 2-process run launched as on many machines
+    (c10d rendezvous), stopped by SIGTERM in the middle of its second epoch and resumed, ends with
+    the classifier of an uninterrupted one-process run."""
     from test_train import free_port
 
     source = reslab_file(trained_looking("resnet20"), "resnet20", tmp_path / "r20.safetensors")
-    flags = ["--recipe", "finetune", "--init", str(source), "--freeze-backbone", "--epochs", "2", "--batch-size", "40", "--lr", "0.2",
-             "--no-flip", "--crop-padding", "0", "--precision", "fp32", "--threads", "1", "--progress", "quiet",
-             "--data", str(tiny_cifar)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "-m", "reslab", "train",
-               "resnet20", "--out", str(tmp_path / "ddp"), *flags]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((tmp_path / "ddp" / "result.json").read_text())["ranks_identical"] is True
+    flags = ["--recipe", "finetune", "--init", str(source), "--freeze-backbone", "--epochs", "2", "--batch-size", "40",
+             "--lr", "0.2", "--no-flip", "--crop-padding", "0", "--precision", "fp32", "--threads", "1",
+             "--progress", "quiet", "--data", str(tiny_cifar)]
+    script = tmp_path / "stop_at.py"
+    script.write_text(STOP_SCRIPT)
+
+    def torchrun(*args: str, stop_at: int = -1) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+                   "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "STOP_AT": str(stop_at)})
+
+    ddp = tmp_path / "ddp"
+    stopped = torchrun(str(script), "train", "resnet20", "--out", str(ddp), *flags, stop_at=7)  # 5 iterations an epoch
+    assert stopped.returncode != 0 and "stopped by SIGTERM after iteration 8" in stopped.stderr, stopped.stderr[-3000:]
+    assert torch.load(ddp / "checkpoint.pt", weights_only=True)["progress"]["loader"]["batches_done"] == 3
+    resumed = torchrun("-m", "reslab", "train", "--resume", str(ddp), "--progress", "quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = json.loads((ddp / "result.json").read_text())
+    assert result["ranks_identical"] is True and result["iteration"] == 10
     assert main(["train", "resnet20", "--out", str(tmp_path / "one"), *flags]) == 0
     two, one = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True)["model"] for run in ("ddp", "one"))
     assert not torch.equal(one["fc.weight"], create_model("resnet20").fc.weight)

@@ -5,7 +5,10 @@ lr 0.1 /10 at 32k and 48k), preact (He et al. 2016), wrn (Zagoruyko & Komodakis 
 (Xie et al. 2017), stochastic-depth (Huang et al. 2016), fast (ours: 25 epochs, the first
 13 on 24x24 crops, batch 128, warm-up then linear decay, for the paper's ResNet-20 accuracy in
 the least CPU time; the default) and zoo (fast for 50 epochs, evaluated every epoch: the
-shipped weights). Every recipe value has a flag that overrides it (grouped below: data, model,
+shipped weights), finetune (from --init weights: lr 0.01, 10 epochs of cosine, label smoothing;
+docs/finetune.md) and imagenet (He et al. 2015 / torchvision: batch 256, lr 0.1 /10 at epochs 30,
+60, 80 of 90, scaled linearly for other global batches, warm-up above 1024; docs/distributed.md).
+Every recipe value has a flag that overrides it (grouped below: data, model,
 optimisation, evaluation, runtime); milestones and warm-up are fractions of the run. Epochs are
 evaluated single view; the last also with the recipe's test-time views (docs/training.md:
 the loop, extensions, evaluation and resume).
@@ -15,7 +18,11 @@ iterations), checkpoint.pt, model.safetensors (latest) and best.safetensors.
   reslab train resnet20 --data ../shared/datasets/cifar10 --out runs/r20
   reslab train resnet110 --recipe paper --val 5000 --data DATA --out runs/r110
   reslab train resnet56 --seeds 0,1,2 --data DATA --out runs/r56      # DIR/summary.json: mean +- std
+  reslab train resnet18 --recipe finetune --init resnet18.pth --data PHOTOS --out runs/ft   # torchvision/timm/reslab weights
+  reslab train resnet20 --recipe finetune --init resnet20 --freeze-backbone --data DATA --out runs/probe
   torchrun --nproc-per-node 2 -m reslab train resnet20 --data DATA --out runs/ddp
+  torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
+      -m reslab train resnet50 --recipe imagenet --batch-size 1024 --data IMAGENET --out runs/r50
 
 Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and exits (status 130 / 143);
 `reslab train --resume DIR` continues the run exactly where it stopped, in DIR (wherever it was
@@ -151,5 +158,7 @@ def _metavar(name: str, kind: Any, metadata: Any) -> Optional[str]:
         return None
     if name in ("data", "out", "cache_dir"):
         return "PATH"
+    if name == "init":
+        return "SOURCE"
     text = str(kind)
     return "A,B" if "tuple" in text else "N" if "int" in text else "X" if "float" in text else "TEXT"

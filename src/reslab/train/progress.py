@@ -28,7 +28,7 @@ def plural(count: int, noun: str) -> str:
     """``count`` and ``noun``, in the plural unless ``count`` is 1 ("1 epoch", "2 classes")."""
     if count == 1:
         return f"{count} {noun}"
-    return f"{count:,} {noun}{'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
+    return f"{count:,} {noun}{'es' if noun.endswith(('s', 'sh', 'tch', 'nch', 'x')) else 's'}"  # epochs, batches
 
 
 class Progress:
