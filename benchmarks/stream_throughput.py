@@ -15,23 +15,23 @@ of warm-up) through, in this order, each with ``--workers`` worker processes:
   turns it into a float tensor and normalises it (torchvision's ``ToTensor`` and ``Normalize``
   written out), then the default collate: the usual per-image pipeline, without torchvision.
 
-``train``: ``reslab train MODEL`` on the folder, streaming at 224 (bf16 autocast where the CPU
-has it), for ``--iterations`` iterations logged one by one; the images per second of the
-iterations after the first two (steps.jsonl), and of the same steps on one in-memory random
-batch (the model's own speed, no data), so the loader's share shows.
+``train``: SGD steps of MODEL (channels_last, bf16 autocast where the CPU has it, as ``reslab
+train``) on batches from the streaming loader at 224, ``--iterations`` of them after one of
+warm-up; then the same steps on one batch held in memory (the model's own speed, no data), so
+the loader's share shows. With ``--workers 0`` the CPU time of this process is the whole cost
+(decoding included in the first line).
 
-The figures depend on the load of the machine: the load average is printed with them.
+Wall-clock figures depend on the load of the machine: the load average is printed with them.
+``loader --workers 0`` decodes in the main process, so its CPU milliseconds per image are the
+whole cost of each pipeline, which the load of a shared machine hardly changes.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -70,14 +70,16 @@ class PlainDataset(torch.utils.data.Dataset):
         return (tensor - self.mean) / self.std, self.labels[index]
 
 
-def time_batches(batches, count: int) -> float:
-    """Images per second over ``count`` batches after the first (warm-up: worker start)."""
+def time_batches(batches, count: int) -> tuple[float, float]:
+    """(images per second, CPU milliseconds per image of this process) over ``count`` batches
+    after the first (warm-up: worker start). With ``--workers 0`` the CPU time is all the work,
+    and does not depend on what else runs on the machine, as wall time does."""
     iterator = iter(batches)
     next(iterator)
-    seen, start = 0, time.perf_counter()
+    seen, start, cpu = 0, time.perf_counter(), time.process_time()
     for _, (images, _) in zip(range(count), iterator):
         seen += len(images)
-    return seen / (time.perf_counter() - start)
+    return seen / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / seen
 
 
 def loader_benchmark(args: argparse.Namespace) -> dict:
@@ -109,38 +111,41 @@ def loader_benchmark(args: argparse.Namespace) -> dict:
 
 
 def train_benchmark(args: argparse.Namespace) -> dict:
+    from reslab.data.streaming import BadImages, PathTable, StreamingLoader
     from reslab.precision import resolve_precision
     from reslab.registry import create_model
-    from reslab.train import train
-    from reslab.train.config import TrainConfig
 
-    with tempfile.TemporaryDirectory(prefix="reslab-stream-bench-") as out:
-        config = TrainConfig.from_recipe("imagenet", model=args.model,
-                                         data=str(args.data), out=out, iterations=args.iterations, epochs=None,
-                                         batch_size=args.batch_size, base_batch_size=256, image_size=SIZE,
-                                         pipeline="stream", workers=args.workers, log_interval=1, eval_interval=0,
-                                         eval_subset=20, progress="quiet", threads=args.threads)
-        train(config)
-        steps = [json.loads(line) for line in (Path(out) / "steps.jsonl").read_text().splitlines()]
-    streamed = statistics.median(s["img_per_s"] for s in steps[2:])
-    # The model alone: the same steps on one random batch held in memory.
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    model = create_model(args.model, num_classes=10).to(memory_format=torch.channels_last)
+    source = find_splits(args.data).train
+    loader = StreamingLoader(PathTable(str(source.location), source.files), source.labels, source.classes,
+                             args.batch_size, train=True, image_size=SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                             workers=args.workers, bad_images=BadImages(len(source.files)))
+    model = create_model(args.model, num_classes=len(source.classes)).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    images = torch.randn(args.batch_size, 3, SIZE, SIZE).to(memory_format=torch.channels_last)
-    labels = torch.randint(0, 10, (args.batch_size,))
     bf16 = resolve_precision("auto", torch.device("cpu"))[0] == "bf16"
-    times = []
-    for _ in range(max(3, args.iterations // 2)):
-        start = time.perf_counter()
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = torch.nn.functional.cross_entropy(model(images).float(), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        times.append(time.perf_counter() - start)
+
+    def timed(batches) -> tuple[float, float]:
+        """(images/s, CPU ms/image of this process) of the steps after the first."""
+        iterator = iter(batches)
+        step(*next(iterator))
+        seen, wall, cpu = 0, time.perf_counter(), time.process_time()
+        for _, (images, labels) in zip(range(args.iterations), iterator):
+            step(images, labels)
+            seen += len(labels)
+        return seen / (time.perf_counter() - wall), 1000 * (time.process_time() - cpu) / seen
+
+    streamed = timed(loader)
+    batch = next(iter(loader))
+    in_memory = timed(iter([batch] * (args.iterations + 1)))
     return {f"{args.model} training, streaming": streamed,
-            f"{args.model} training, one random batch in memory": args.batch_size / statistics.median(times[1:])}
+            f"{args.model} training, one batch held in memory": in_memory}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,7 +166,10 @@ def main(argv: list[str] | None = None) -> None:
     results = loader_benchmark(args) if args.command == "loader" else train_benchmark(args)
     load = os.getloadavg()
     for name, rate in results.items():
-        print(f"{name:55s} {rate:8.1f} images/s")
+        if isinstance(rate, tuple):
+            print(f"{name:50s} {rate[0]:8.1f} images/s {rate[1]:9.2f} CPU ms/image in the main process")
+        else:
+            print(f"{name:55s} {rate:8.1f} images/s")
     print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores; torch {torch.__version__}",
           file=sys.stderr)
 

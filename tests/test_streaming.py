@@ -229,6 +229,20 @@ def test_val_fraction_holds_out_a_class_balanced_share(tmp_path):
         load_training_data(streaming_config(tmp_path / "one"), DistributedEnv(), torch.device("cpu"))
 
 
+def test_val_is_a_count_or_a_fraction_on_the_command_line():
+    import argparse
+
+    from reslab.argtypes import count_or_fraction
+    from reslab.train.data import held_out_count
+
+    assert count_or_fraction("5000") == 5000 and isinstance(count_or_fraction("5000"), int)
+    assert count_or_fraction("0.1") == 0.1
+    for text in ("1.5", "-1", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            count_or_fraction(text)
+    assert held_out_count(5000, 50000) == 5000 and held_out_count(0.1, 50000) == 5000 and held_out_count(0.01, 10) == 1
+
+
 def test_each_rank_reads_its_own_shard(photos):
     seen = []
     for rank in (0, 1):

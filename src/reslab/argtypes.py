@@ -107,7 +107,7 @@ def key_value(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
-_count_or_fraction = _bounded(float, lambda v: 0 <= v < 1 or float(v).is_integer(),
+_count_or_fraction = _bounded(float, lambda v: v >= 0 and (v < 1 or float(v).is_integer()),
                               "a count (0, 1, 2, ...) or a fraction in (0, 1)", "count_or_fraction")
 
 
