@@ -702,3 +702,29 @@ def test_a_finished_run_without_its_checkpoint_is_reused(tmp_path):
     fake_run(tmp_path / "run", config, [0.5, 0.1], [0.6, 0.2])
     (tmp_path / "run" / CHECKPOINT_FILE).unlink()  # committed evidence keeps no checkpoint
     assert train_or_reuse(config) == "reused"
+
+
+def test_gallery_gathers_figures_and_claims(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from reslab.analysis.plots import figure, save_figure, write_json
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gallery.py"
+    spec = importlib.util.spec_from_file_location("gallery", path)
+    gallery = importlib.util.module_from_spec(spec)
+    import sys
+    sys.modules["gallery"] = gallery  # dataclasses look their module up there
+    spec.loader.exec_module(gallery)
+    source, out = tmp_path / "experiments", tmp_path / "gallery"
+    entry = next(e for e in gallery.GALLERY if e.key == "shattered")
+    fig, _ = figure()
+    save_figure(fig, source / entry.folder / entry.figure)
+    write_json(source / entry.folder / entry.table, {"experiment": "shattered", "claims": [
+        {"claim": "plain | shatters", "paper": "Fig. 1", "reslab": "0.01", "holds": True},
+        {"claim": "residual stays", "paper": "Fig. 2", "reslab": "0.9", "holds": False}]})
+    page, snippet = gallery.gather(source, out)
+    assert (out / "shattered.png").read_bytes() == (source / entry.folder / entry.figure).read_bytes()
+    assert "| [shattered](../shattered/) | plain / shatters | Fig. 1 | 0.01 | yes |" in page
+    assert "| residual stays | Fig. 2 | 0.9 | **no** |" in snippet and "![shattered](" in snippet
+    assert "Not gathered: degradation" in page and (out / "README.md").read_text() == page

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
                                include_downsampling=args.include_downsampling,
                                plain_units=find_units(plain[0], example) if plain else None)
     bf16 = run_in_bf16(args)
-    with progress_bar(total, "passes over the test images", unit="pass") as bar:
+    with progress_bar(total, "lesioned networks evaluated", unit="evaluation") as bar:
         result = lesion_study(model, batches, plain=plain, max_k=args.max_k, draws=args.draws, seed=args.seed,
                               include_downsampling=args.include_downsampling, bf16=bf16, tick=lambda: bar.update(1))
     result.update(checkpoint=str(args.checkpoint), model=card.model, plain_checkpoint=args.plain, split=args.split)
