@@ -99,7 +99,7 @@ def read_crop(path: str, size: int, *, rng: random.Random | None = None, flip: b
             rgb = image if image.mode == "RGB" else to_rgb(image)  # convert() would copy an RGB image
             sx, sy = drafted[0] / oriented[0], drafted[1] / oriented[1]
             box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-            pixels = np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
+            pixels = np.array(rgb.resize((size, size), Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
     except BadImage:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds (OSError, SyntaxError, DecompressionBombError...)
