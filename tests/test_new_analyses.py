@@ -351,6 +351,18 @@ def test_commands_write_results_run_records_and_the_report(tiny_cifar, tmp_path,
     assert record["seed"] == 0 and record["split"] == "train" and len(record["image_indices"]) == 10
     assert record["models"][0]["file_sha256"] == sha256_of(paths["resnet20"])
     assert "one grid point takes about" in capsys.readouterr().out
+    # --beside: plain20 computed alone beside a resnet20-only run gives the pair's table
+    assert main(["landscape", res, *data, "--points", "3", "--out", str(tmp_path / "alone")]) == 0
+    assert main(["landscape", plain, *data, "--points", "3", "--beside", str(tmp_path / "alone"),
+                 "--out", str(tmp_path / "beside")]) == 0
+    beside = json.loads((tmp_path / "beside" / "landscape.json").read_text())
+    assert [e["label"] for e in beside["models"]] == ["resnet20", "plain20"]
+    assert [e["surface"]["loss"] for e in beside["models"]] == [e["surface"]["loss"] for e in table["models"]]
+    assert beside["claims"] == table["claims"]
+    assert [m["source"] for m in json.loads((tmp_path / "beside" / "landscape_run.json").read_text())["models"]] == [res, plain]
+    assert main(["landscape", plain, "--data", str(tiny_cifar), "--images", "12", "--points", "3",
+                 "--beside", str(tmp_path / "alone"), "--out", str(tmp_path / "other_images")]) == 1
+    assert "evaluated on other images" in capsys.readouterr().err
 
     assert main(["curvature", res, "--data", str(tiny_cifar), "--images", "2", "--iterations", "2", "--trace-samples", "1",
                  "--out", str(out / "curvature")]) == 0

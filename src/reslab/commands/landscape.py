@@ -8,6 +8,9 @@ and biases; the same directions' seed for every model. Eval mode with the BN run
 statistics, BN folded once, under --precision (auto: bf16 where the CPU has it). The centre
 point is timed first and an estimate of the whole grid printed. --interpolate B adds the linear
 interpolation (1 - t) theta + t theta_B, t from -0.5 to 1.5, between the first CHECKPOINT and B.
+--beside DIR puts the models of an earlier run in DIR (same grid, seed, precision and images)
+beside the new ones in the table, claims and figures, without recomputing them: e.g. plain56
+beside a finished resnet56 run.
 
 Writes landscape.json (+ landscape_run.json: command, hashes, image indices, seed),
 landscape_1d.png and, for --dims 2, landscape_contour.png and landscape_surface.png into --out.
@@ -36,9 +39,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dims", type=int, choices=(1, 2), default=2, help="1-D curve or 2-D surface")
     parser.add_argument("--points", type=_odd_points, default=21, help="grid points per direction (odd)")
     parser.add_argument("--span", type=positive_float, default=1.0, help="coefficients run from -SPAN to SPAN")
+    parser.add_argument("--beside", metavar="DIR",
+                        help="an earlier `reslab landscape` output folder whose models join these (same grid and images)")
     parser.add_argument("--interpolate", metavar="CHECKPOINT",
                         help="also interpolate linearly from the first CHECKPOINT to this one (same architecture)")
     add_output_arguments(parser, "landscape")
+
+
+def read_earlier(folder: str) -> tuple[dict, dict]:
+    """landscape.json and landscape_run.json of an earlier run, or a one-line error."""
+    import json
+    from pathlib import Path
+
+    table, record = Path(folder) / "landscape.json", Path(folder) / "landscape_run.json"
+    if not (table.is_file() and record.is_file()):
+        raise ValueError(f"--beside {folder}: no landscape.json and landscape_run.json there; give the --out of an "
+                         "earlier `reslab landscape` run")
+    return json.loads(table.read_text()), json.loads(record.read_text())
+
+
+def check_earlier(earlier: tuple[dict, dict], folder: str, settings: dict, indices: list) -> None:
+    """Before any work: the earlier run must share the grid, seed, precision and images."""
+    table, record = earlier
+    for key, value in settings.items():
+        if table.get(key) != value:
+            raise ValueError(f"--beside {folder}: its {key} is {table.get(key)!r}, this run's {value!r}; "
+                             "rerun with the same grid, seed and precision")
+    if record.get("image_indices") != [int(i) for i in indices]:
+        raise ValueError(f"--beside {folder}: it was evaluated on other images; use the same --data, --split, "
+                         "--images and --seed")
+
+
+def join_earlier(result: dict, records: list, earlier: tuple[dict, dict], folder: str) -> tuple[dict, list]:
+    """The earlier run's models first, then the new ones, with the claims recomputed over all."""
+    from reslab.analysis.landscape import landscape_claims
+
+    table, record = earlier
+    labels = {e["label"] for e in result["models"]}
+    models = [e for e in table["models"] if e["label"] not in labels] + result["models"]
+    joined = {**result, "models": models, "claims": landscape_claims(models),
+              "checkpoints": [*table.get("checkpoints", []), *result["checkpoints"]], "beside": str(folder)}
+    return joined, [*record["models"], *records]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,9 +90,13 @@ def run(args: argparse.Namespace) -> int:
     from reslab.commands.options import names_of, output_folder, run_in_bf16
     from reslab.data.progress import progress_bar
 
+    earlier = read_earlier(args.beside) if args.beside else None
     out = output_folder(args.out, "landscape", names_of(args.checkpoints), overwrite=args.overwrite)
     indices, loaded = load_models_on_images(args, [*args.checkpoints, *([args.interpolate] if args.interpolate else [])])
     bf16 = run_in_bf16(args)
+    if earlier is not None:
+        check_earlier(earlier, args.beside, {"dims": args.dims, "points": args.points, "span": args.span,
+                                             "seed": args.seed, "precision": "bf16" if bf16 else "fp32"}, indices)
     records = [model_record(source, model, card.model) for source, (model, card, _) in
                zip([*args.checkpoints, *([args.interpolate] if args.interpolate else [])], loaded.values())]
     labelled = list(loaded.items())
@@ -76,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
             rows = interpolation(first_model, partner_model, batches, ts, bf16=bf16, progress=lambda *_: bar.update(1))
         result["interpolations"] = [{"label": f"{first_label} -> {partner_label}", "rows": rows}]
     result["checkpoints"] = list(args.checkpoints)
+    if earlier is not None:
+        result, records = join_earlier(result, records, earlier, args.beside)
     write_json(out / "landscape.json", result)
     write_run_record(out, run_record("landscape", seed=args.seed, models=records, data=args.data, split=args.split,
                                      image_indices=indices, precision="bf16" if bf16 else "fp32"))
