@@ -140,6 +140,19 @@ def test_cifar_keeps_the_in_memory_path(tiny_cifar):
     assert "data path: in-memory tensor" in data.summary and data.input_size == 32
 
 
+def test_a_set_that_looks_uniform_but_is_not_streams_with_the_reason(tmp_path):
+    for split, count in (("train", 70), ("val", 4)):
+        for c, name in enumerate(CLASSES[:2]):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(count):
+                colour_image("RGB", 12, 12, i).save(tmp_path / split / name / f"{i:03d}.png")
+    colour_image("RGB", 20, 14, 0).save(tmp_path / "train" / "apple" / "001.png")  # between the sampled headers
+    data = load_training_data(streaming_config(tmp_path, image_size=None, workers=0), DistributedEnv(),
+                              torch.device("cpu"))
+    assert data.pipeline == "stream" and data.input_size == 32  # resnet20's input size
+    assert "decoding for the in-memory path found" in data.summary and "001.png is 20x14" in data.summary
+
+
 # ----------------------------------------------------------------------------- transforms
 
 def test_transforms_give_the_size_and_range_asked(photos):

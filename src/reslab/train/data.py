@@ -93,7 +93,8 @@ def load_training_data(config: TrainConfig, env: DistributedEnv, device: torch.d
         except DataError as exc:
             if config.pipeline == "memory" or official:
                 raise
-            choice = PipelineChoice("stream", f"as decoding for the in-memory path found: {exc}")
+            found = str(exc).split("; ")[0]  # the fact, without the advice to resize or delete the file
+            choice = PipelineChoice("stream", f"as decoding for the in-memory path found: {found}")
     if env.is_main:
         distributed.barrier(env)
     if sets is not None:
