@@ -326,3 +326,17 @@ def test_a_streaming_run_stopped_mid_epoch_resumes_to_the_weights_of_an_uninterr
     train(read_config(tmp_path / "stopped"), resume=True)
     resumed = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)
     assert all(torch.equal(resumed["model"][k], reference["model"][k]) for k in reference["model"])
+
+
+def test_workers_leave_sigint_and_sigterm_to_the_training_process(photos):
+    """A signal to the whole process group (Ctrl-C, a scheduler's SIGTERM) must not kill a worker
+    while the training process finishes its step and saves its checkpoint."""
+    loader = loader_for(photos, batch_size=4, workers=1)
+    batches = iter(loader)
+    next(batches)
+    worker = loader._data_loader()._iterator._workers[0]
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        os.kill(worker.pid, stop)
+    for _ in range(3):
+        next(batches)
+    assert worker.is_alive()

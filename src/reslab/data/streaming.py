@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -148,6 +149,11 @@ class _PassSampler:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # a worker runs Pillow; torch threads would only compete with training
+    # Ctrl-C and a SIGTERM sent to the whole process group (a terminal, a batch scheduler) are the
+    # training process's to handle: it finishes its step and saves a checkpoint, then shuts the
+    # workers down. A worker killed by them first would fail that step instead.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
 
 
 class StreamingLoader(EpochCursor):
