@@ -131,6 +131,8 @@ def test_path_choice(photos, tiny_cifar):
                             budget=budget)
     assert mixed.kind == "stream" and "differ in size" in mixed.reason
     assert choose_pipeline("stream", cifar, 300, image_size=None, model_input_size=32, budget=budget).kind == "stream"
+    with pytest.raises(DataError, match="official CIFAR files are read in memory"):
+        choose_pipeline("stream", cifar, 300, image_size=None, model_input_size=32, budget=budget, official_format=True)
 
 
 def test_cifar_keeps_the_in_memory_path(tiny_cifar):

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from reslab.errors import DataError
 from reslab.inference.preprocess import SMALL_IMAGE_MAX, default_resize_size
 
 PIPELINES = ("auto", "memory", "stream")
@@ -77,6 +78,9 @@ def choose_pipeline(requested: str, files: list[str], total_images: int, *, imag
     """``requested`` ('auto', 'memory' or 'stream') resolved for a data set whose training files are
     ``files`` (``total_images`` over all splits), for training at ``image_size`` (None: the images'
     own size on the memory path, ``model_input_size`` on the streaming path)."""
+    if requested == "stream" and official_format:
+        raise DataError("--pipeline stream reads class folders of image files; the official CIFAR files are read "
+                        "in memory: leave --pipeline out, or pass a class-folder copy of the data set")
     if requested != "auto":
         return PipelineChoice(requested, f"as --pipeline {requested} asks")
     if official_format:
