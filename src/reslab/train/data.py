@@ -71,7 +71,7 @@ def load_training_data(config: TrainConfig, env: DistributedEnv, device: torch.d
     if not config.data:
         raise DataError("no data set given: pass --data PATH (a folder with train/ and test/)")
     show = env.is_main and config.progress != "quiet"
-    if not env.is_main:  # rank 0 decodes (or downloads) and fills the cache; the others then read it
+    if env.local_rank != 0:  # the first rank of each machine fills its cache (or downloads); the others read it
         distributed.barrier(env)
     root = prepare_folder(config.data, download=config.download, progress=show)
     splits = find_splits(root)
@@ -95,7 +95,7 @@ def load_training_data(config: TrainConfig, env: DistributedEnv, device: torch.d
                 raise
             found = str(exc).split("; ")[0]  # the fact, without the advice to resize or delete the file
             choice = PipelineChoice("stream", f"as decoding for the in-memory path found: {found}")
-    if env.is_main:
+    if env.local_rank == 0:
         distributed.barrier(env)
     if sets is not None:
         data = _memory_data(config, env, device, sets, root)
