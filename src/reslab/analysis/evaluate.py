@@ -10,7 +10,7 @@ and reports the accuracy, the per-class accuracy and the confusion matrix.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
@@ -48,9 +48,10 @@ def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Sequence[Batch], *, bf16: bool = False, tta_flip: bool = False,
+def predict(model: nn.Module, batches: Iterable[Batch], *, bf16: bool = False, tta_flip: bool = False,
             tta_translate: int = 0) -> tuple[Tensor, Tensor]:
-    """Predicted classes and true labels of every image of ``batches`` (eval mode); ``tta_flip``
+    """Predicted classes and true labels of every image of ``batches`` (eval mode; a list in memory
+    or a loader read once, as a streamed folder's); ``tta_flip``
     and ``tta_translate`` average the logits of test-time views (:func:`reslab.inference.views.tta_logits`)."""
     from reslab.inference.views import tta_logits
 
@@ -127,7 +128,7 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def evaluate(model: nn.Module, batches: Sequence[Batch], class_names: Sequence[str], *, bf16: bool = False,
+def evaluate(model: nn.Module, batches: Iterable[Batch], class_names: Sequence[str], *, bf16: bool = False,
              tta_flip: bool = False, tta_translate: int = 0) -> Evaluation:
     """Accuracy, per-class accuracy and confusion matrix of ``model`` on ``batches`` (with
     test-time views if asked, as :func:`predict`)."""

@@ -169,7 +169,8 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, required: bool = True
 
     parser.add_argument("--data", required=required, metavar="PATH",
                         help="data set folder (class folders under train/ and test/) or an official CIFAR archive folder")
-    parser.add_argument("--split", choices=("test", "train"), default="test", help="which split to evaluate on")
+    parser.add_argument("--split", choices=("test", "val", "train"), default="test",
+                        help="which split to evaluate on (val: the val/ folder of a class-folder data set)")
     parser.add_argument("--images", type=positive_int, metavar="N",
                         help="use a class-balanced subset of N images; none = the whole split")
     parser.add_argument("--batch-size", type=positive_int, default=500, help="images per forward pass")
@@ -222,6 +223,62 @@ def load_checkpoint_batches(path: str, dataset, args: argparse.Namespace):
     model = model.to(memory_format=torch.channels_last)
     batches = eval_batches(dataset, card.mean, card.std, batch_size=args.batch_size, device=device)
     return model, card, classes, batches
+
+
+def evaluation_path(args: argparse.Namespace, card):
+    """How ``eval`` reads the split the data options name (a :class:`~reslab.data.pipeline.PipelineChoice`),
+    chosen as ``reslab train`` chooses (:func:`~reslab.data.pipeline.choose_pipeline`): in memory
+    (today's exact path) for the official CIFAR files and class folders whose images all have the
+    model's input size; streamed for images of several sizes, or of one other size."""
+    import torch
+
+    from reslab.data.load import prepare_folder
+    from reslab.data.pipeline import choose_pipeline, memory_budget
+    from reslab.data.readers import find_source
+
+    source = find_source(prepare_folder(args.data), args.split)
+    official = source.format != "class-folders"
+    choice = choose_pipeline("auto", source.files, len(source.files), image_size=int(card.input_size),
+                             model_input_size=int(card.input_size), budget=memory_budget(torch.device(device_of(args)).type),
+                             official_format=official)
+    # choose_pipeline speaks to `reslab train`, whose --image-size eval has not: name what it is here
+    return type(choice)(choice.kind, choice.reason.replace("--image-size", "the model's input size")), source
+
+
+def streaming_batches(args: argparse.Namespace, card, source):
+    """(batches with a progress bar, class names, BadImages) of ``source`` streamed through the
+    evaluation transform of a streaming run (:class:`~reslab.data.streaming.StreamingLoader`, eval
+    mode: resize and centre crop at the card's input size, the card's mean and std); unreadable
+    files are left out, named and counted as in training, up to ``--bad-image-limit``."""
+    import numpy as np
+    import torch
+
+    from reslab.analysis.evaluate import check_classes
+    from reslab.data.dataset import balanced_indices
+    from reslab.data.streaming import BadImages, PathTable, StreamingLoader, auto_workers
+
+    classes = check_classes(card, source.classes, source=str(args.checkpoint))
+    indices = np.arange(len(source.files))
+    if args.images:
+        indices = balanced_indices(torch.tensor(source.labels), args.images, classes, seed=args.seed,
+                                   source=str(source.location)).numpy()
+    bad = BadImages(len(indices), args.bad_image_limit)
+    loader = StreamingLoader(PathTable(str(source.location), [source.files[i] for i in indices]),
+                             np.asarray(source.labels)[indices], classes, args.batch_size, train=False,
+                             image_size=int(card.input_size), mean=card.mean, std=card.std, device=device_of(args),
+                             workers=auto_workers() if args.workers is None else args.workers, bad_images=bad,
+                             source=str(source.location))
+    return _counted(loader, len(indices), f"evaluating {source.location}"), classes, bad
+
+
+def _counted(batches, total: int, description: str):
+    """``batches`` as they come, with a progress bar over ``total`` images."""
+    from reslab.data.progress import progress_bar
+
+    with progress_bar(total, description, unit="image") as bar:
+        for images, labels in batches:
+            yield images, labels
+            bar.update(len(labels))
 
 
 # ------------------------------------------------------------------------------------------
