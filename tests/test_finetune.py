@@ -107,8 +107,8 @@ def test_init_errors_name_the_mismatch_and_the_missing_file(tmp_path):
         init_from(create_model("resnet18", in_channels=1), colour)
     with pytest.raises(CheckpointError, match="init: no checkpoint at .*nothing.pth"):
         init_from(create_model("resnet20"), tmp_path / "nothing.pth")
-    with pytest.raises(CheckpointError, match="no pretrained weights for 'resnet32'"):
-        init_from(create_model("resnet20"), "resnet32")
+    with pytest.raises(CheckpointError, match="no pretrained weights for 'resnet110'"):
+        init_from(create_model("resnet20"), "resnet110")
 
 
 # ------------------------------------------------------------------------------------------

@@ -195,9 +195,12 @@ class StreamingLoader(EpochCursor):
                              f"{source or 'the data set'}; lower batch_size")
 
     def use_small_crops(self, side: int, epochs: int) -> None:
+        """The in-memory path's small-crop phase (the ``fast`` recipe's first epochs at ``side``
+        pixels) has no meaning here: streaming trains on random-resized crops of the image size,
+        which already vary the scale. Say so once instead of refusing the recipe."""
         if epochs:
-            raise DataError("--small-crop applies to the in-memory path only; the streaming path trains on "
-                            "random-resized crops of --image-size: leave --small-crop out")
+            print(f"note: the {side}x{side} crops of the first {epochs} epochs (--small-crop) apply to the in-memory "
+                  "path only; streaming trains on random-resized crops of the image size throughout", file=sys.stderr)
 
     def _data_loader(self) -> torch.utils.data.DataLoader:
         if self._loader is None:
