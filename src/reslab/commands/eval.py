@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from reslab.checkpoint import load_card
     from reslab.commands.options import (checkpoint_name, evaluation_path, load_checkpoint_batches, load_images,
                                          output_folder, run_in_bf16)
+    from reslab.data.pipeline import stream_after
     from reslab.errors import DataError
     from reslab.inference.fold import folded_for_evaluation
     from reslab.inference.views import check_tta_translate, views_label
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         except DataError as exc:  # a size the sampled headers missed, or an unreadable file: stream, as training does
             if source.format != "class-folders":
                 raise
-            choice = type(choice)("stream", f"as decoding for the in-memory path found: {str(exc).split('; ')[0]}")
+            choice = stream_after(exc)
     if choice.kind == "memory":
         image_size = dataset.image_size
         check_tta_translate(args.tta_translate, image_size)

@@ -36,6 +36,14 @@ class PipelineChoice:
         return f"data path: {name}, {self.reason}"
 
 
+def stream_after(error: Exception) -> PipelineChoice:
+    """The choice once decoding a class folder for the in-memory path failed (a size the sampled
+    headers missed, or an unreadable file): stream, naming what decoding found without its advice
+    to resize or delete the file (the streaming path handles both)."""
+    found = str(error).split("; ")[0]
+    return PipelineChoice("stream", f"as decoding for the in-memory path found: {found}")
+
+
 def header_sizes(files: list[str], count: int = SAMPLED_HEADERS) -> set[tuple[int, int]]:
     """The (width, height) of the first file and of ``count`` files spread evenly over ``files``
     (unreadable ones are left out: the loaders deal with them)."""

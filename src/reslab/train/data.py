@@ -64,7 +64,7 @@ class TrainingData:
 def load_training_data(config: TrainConfig, env: DistributedEnv, device: torch.device) -> TrainingData:
     """The run's loaders (see the module)."""
     from reslab.data.load import prepare_folder
-    from reslab.data.pipeline import PipelineChoice, choose_pipeline, memory_budget
+    from reslab.data.pipeline import choose_pipeline, memory_budget, stream_after
     from reslab.data.readers import find_splits
     from reslab.registry import model_info
 
@@ -93,8 +93,7 @@ def load_training_data(config: TrainConfig, env: DistributedEnv, device: torch.d
         except DataError as exc:
             if config.pipeline == "memory" or official:
                 raise
-            found = str(exc).split("; ")[0]  # the fact, without the advice to resize or delete the file
-            choice = PipelineChoice("stream", f"as decoding for the in-memory path found: {found}")
+            choice = stream_after(exc)
     if env.local_rank == 0:
         distributed.barrier(env)
     if sets is not None:
