@@ -14,6 +14,7 @@ DDP must be told (``find_unused_parameters``).
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -73,9 +74,18 @@ def setup(env: DistributedEnv, device: torch.device) -> bool:
     return True
 
 
-def teardown(joined: bool) -> None:
-    if joined and dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(joined: bool, *, finished: bool) -> None:
+    """Leave the process group. After a run that ``finished``, the processes first wait for each
+    other (rank 0 is still writing its checkpoint when the others get here), and the DDP wrapper,
+    which holds the group, is collected first: a gloo group torn down while its peer still
+    talks, or freed at interpreter exit, aborts the process ("terminate called without an active
+    exception")."""
+    if not (joined and dist.is_initialized()):
+        return
+    if finished:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def wrap(model: nn.Module, env: DistributedEnv, device: torch.device, *, sync_bn: bool) -> nn.Module:

@@ -81,12 +81,15 @@ def train(config: TrainConfig, extensions: Sequence[Any] = (), *, resume: bool =
     if config.sync_bn and device.type != "cuda":
         raise TrainingError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); leave it out on the CPU")
     joined = distributed.setup(env, device)
+    finished = False
     try:
         with _runtime(config, device):
             hooks = Hooks([*extensions_from_config(config), *extensions, *callbacks])
-            return _run(config, hooks, resume, env, device)
+            result = _run(config, hooks, resume, env, device)
+        finished = True
+        return result
     finally:
-        distributed.teardown(joined)
+        distributed.teardown(joined, finished=finished)
 
 
 def _run(config: TrainConfig, hooks: Hooks, resume: bool, env: DistributedEnv, device: torch.device) -> dict:
