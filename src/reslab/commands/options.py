@@ -240,9 +240,8 @@ def evaluation_path(args: argparse.Namespace, card):
     official = source.format != "class-folders"
     choice = choose_pipeline("auto", source.files, len(source.files), image_size=int(card.input_size),
                              model_input_size=int(card.input_size), budget=memory_budget(torch.device(device_of(args)).type),
-                             official_format=official)
-    # choose_pipeline speaks to `reslab train`, whose --image-size eval has not: name what it is here
-    return type(choice)(choice.kind, choice.reason.replace("--image-size", "the model's input size")), source
+                             official_format=official, size_name="the model's input size")
+    return choice, source
 
 
 def streaming_batches(args: argparse.Namespace, card, source):

@@ -82,10 +82,12 @@ def _available_memory() -> int:
 
 
 def choose_pipeline(requested: str, files: list[str], total_images: int, *, image_size: Optional[int],
-                    model_input_size: int, budget: int, official_format: bool = False) -> PipelineChoice:
+                    model_input_size: int, budget: int, official_format: bool = False,
+                    size_name: str = "--image-size") -> PipelineChoice:
     """``requested`` ('auto', 'memory' or 'stream') resolved for a data set whose training files are
     ``files`` (``total_images`` over all splits), for training at ``image_size`` (None: the images'
-    own size on the memory path, ``model_input_size`` on the streaming path)."""
+    own size on the memory path, ``model_input_size`` on the streaming path). ``size_name`` is what
+    the reason calls ``image_size`` (the flag of ``reslab train``; eval says the model's input size)."""
     if requested == "stream" and official_format:
         raise DataError("--pipeline stream reads class folders of image files; the official CIFAR files are read "
                         "in memory: leave --pipeline out, or pass a class-folder copy of the data set")
@@ -101,7 +103,7 @@ def choose_pipeline(requested: str, files: list[str], total_images: int, *, imag
         return PipelineChoice("stream", "as the sampled files could not be opened as images")
     width, height = next(iter(sizes))
     if image_size is not None and (width, height) != (image_size, image_size):
-        return PipelineChoice("stream", f"to resize the {width}x{height} images to --image-size {image_size}")
+        return PipelineChoice("stream", f"to resize the {width}x{height} images to {size_name} {image_size}")
     target = image_size or model_input_size
     largest = max(SMALL_IMAGE_MAX, default_resize_size(target))
     if min(width, height) > largest:

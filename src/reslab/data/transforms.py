@@ -67,7 +67,12 @@ def random_resized_box(width: int, height: int, rng: random.Random, scale: tuple
 
 
 def centre_box(width: int, height: int, size: int, resize: int) -> Box:
-    """The box that ``Resize(resize)`` (shorter side) then ``CenterCrop(size)`` keeps, in pixels of the image."""
+    """The box that ``Resize(resize)`` (shorter side) then ``CenterCrop(size)`` keeps, in pixels of the image.
+
+    :meth:`reslab.inference.preprocess.Preprocess.resize_and_crop` takes the same crop in
+    torchvision's two steps (resize the whole image, crop whole pixels); streaming cuts this box and
+    resizes it in one resampling instead, so that a JPEG can be decoded at a reduced scale first.
+    The two keep the same region to within a pixel, not bit for bit."""
     side = min(width, height) * size / resize
     left, top = (width - side) / 2, (height - side) / 2
     return left, top, left + side, top + side
