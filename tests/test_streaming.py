@@ -278,13 +278,27 @@ def test_mid_epoch_resume_sees_the_same_remaining_batches(photos):
     for _ in zip(range(2), stopped):
         pass
     state = stopped.state_dict()
-    assert state == {"epoch": 1, "batches_done": 2}
+    assert (state["epoch"], state["batches_done"]) == (1, 2)
     resumed = loader_for(photos, batch_size=8)
     resumed.load_state_dict(state)
     rest = list(resumed)
     assert len(rest) == len(expected) - 2
     for (images, labels), (want_images, want_labels) in zip(rest, expected[2:]):
         assert torch.equal(labels, want_labels) and torch.equal(images, want_images)
+
+
+def test_the_bad_files_found_before_a_stop_still_count_after_resume(photos):
+    corrupt = str(photos / "train" / "boat" / "corrupt.jpg")
+    first = loader_for(photos, batch_size=38, drop_last=False)
+    next(iter(first))
+    state = first.state_dict()
+    assert state["bad_images"] == {corrupt: first.bad_images.found[corrupt]}
+    resumed = loader_for(photos, batch_size=38, drop_last=False,
+                         bad_images=BadImages(38, limit=0.05, announce=False))
+    resumed.load_state_dict(state)
+    assert list(resumed.bad_images.found) == [corrupt]
+    # an older checkpoint without the record still loads
+    loader_for(photos, batch_size=38, drop_last=False).load_state_dict({"epoch": 0, "batches_done": 0})
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -324,7 +338,8 @@ def test_a_streaming_run_stopped_mid_epoch_resumes_to_the_weights_of_an_uninterr
     with pytest.raises(TrainingInterrupted):
         run(tmp_path / "stopped", extensions=[StopAt()])
     saved = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)["progress"]
-    assert saved["loader"] == {"epoch": 1, "batches_done": 2}
+    assert (saved["loader"]["epoch"], saved["loader"]["batches_done"]) == (1, 2)
+    assert list(saved["loader"]["bad_images"]) == [str(photos / "train" / "boat" / "corrupt.jpg")]  # found in epoch 1
     train(read_config(tmp_path / "stopped"), resume=True)
     resumed = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)
     assert all(torch.equal(resumed["model"][k], reference["model"][k]) for k in reference["model"])

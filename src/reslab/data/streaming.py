@@ -194,6 +194,15 @@ class StreamingLoader(EpochCursor):
             raise ValueError(f"no full batch of {self.batch_size} in the {self.samples_per_rank} samples of each rank of "
                              f"{source or 'the data set'}; lower batch_size")
 
+    def state_dict(self) -> dict:
+        """The position in the stream and the unreadable files found so far, so that a resumed run
+        keeps counting them towards ``--bad-image-limit`` instead of starting again from zero."""
+        return {**super().state_dict(), "bad_images": self.bad_images.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.bad_images.load_state_dict(state.get("bad_images", {}))  # checkpoints written before this record have none
+
     def use_small_crops(self, side: int, epochs: int) -> None:
         """The in-memory path's small-crop phase (the ``fast`` recipe's first epochs at ``side``
         pixels) has no meaning here: streaming trains on random-resized crops of the image size,
