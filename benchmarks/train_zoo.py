@@ -1,6 +1,7 @@
 """Train, ship, verify and tabulate reslab's trained CIFAR-10 weights (docs/pretrained.md).
 
     python benchmarks/train_zoo.py train resnet20 plain20     # `reslab train` with the zoo command; resumes a stopped run
+    python benchmarks/train_zoo.py train resnet56.sdepth      # the same with stochastic depth, p_L = 0.5 (VARIANTS)
     python benchmarks/train_zoo.py add runs/zoo/resnet20_seed0  # final weights -> src/reslab/weights, measured, with its card
     python benchmarks/train_zoo.py verify                       # re-measure every shipped model on the full test set
     python benchmarks/train_zoo.py table                        # the README's reproduction table, from the manifest
@@ -42,6 +43,10 @@ ZOO_RECIPE, ZOO_VALUES = "fast", dict(epochs=50.0, eval_interval=1, tta_flip=Fal
 PLACE_FIELDS = {"out", "data", "progress", "cache_dir", "download", "tensorboard", "device", "threads", "log_interval",
                 "model", "seed", "recipe"}
 STORAGE = {"float16": torch.float16, "float32": torch.float32}
+# Tagged variants (timm's `architecture.tag`): the zoo command plus these training values, e.g.
+# `train resnet56.sdepth` trains ResNet-56 with stochastic depth (Huang et al. 2016: survival
+# falling linearly to p_L = 0.5), shipped as `create_model("resnet56.sdepth", pretrained=True)`.
+VARIANTS: dict[str, dict[str, Any]] = {"sdepth": {"stochastic_depth": 0.5}}
 
 # Published CIFAR-10 test errors (%), C10+ augmentation, single 32x32 view
 # (/work/shared/reference/papers.md). He et al. 2015 Table 6 (ResNet-110: best of 5, mean 6.61);
@@ -56,9 +61,26 @@ REFERENCE_ERRORS: dict[str, tuple[Optional[float], Optional[float], Optional[flo
 }
 
 
-def train_command(model: str, out: Path, data: str = DATA, seed: int = 0) -> list[str]:
-    """The `reslab train` command line that trains ``model`` for the zoo."""
-    return ["reslab", "train", model, "--data", data, "--out", str(out), *ZOO_FLAGS, "--seed", str(seed)]
+def split_variant(name: str) -> tuple[str, dict[str, Any]]:
+    """``'resnet56.sdepth'`` -> ``('resnet56', {'stochastic_depth': 0.5})``; an untagged name has no values."""
+    from reslab.registry import split_tag
+
+    model, tag = split_tag(name)
+    if tag is not None and tag not in VARIANTS:
+        raise ReslabError(f"unknown variant {tag!r} in {name!r}; the zoo trains: {', '.join(VARIANTS)}")
+    return model, dict(VARIANTS.get(tag, {}))
+
+
+def variant_of(config: dict[str, Any]) -> Optional[str]:
+    """The tag whose training values ``config`` has (None for the plain zoo command)."""
+    return next((tag for tag, values in VARIANTS.items() if all(config.get(k) == v for k, v in values.items())), None)
+
+
+def train_command(name: str, out: Path, data: str = DATA, seed: int = 0) -> list[str]:
+    """The `reslab train` command line that trains ``name`` (a model, or a tagged variant) for the zoo."""
+    model, values = split_variant(name)
+    flags = [part for key, value in values.items() for part in (f"--{key.replace('_', '-')}", str(value))]
+    return ["reslab", "train", model, "--data", data, "--out", str(out), *ZOO_FLAGS, *flags, "--seed", str(seed)]
 
 
 # ------------------------------------------------------------------------------------------
@@ -99,12 +121,13 @@ def read_run(run: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any],
         read_jsonl(run / "metrics.jsonl")
 
 
-def config_differences(config: dict[str, Any]) -> list[str]:
-    """The training values of ``config`` that differ from what the zoo command gives with this
-    code (fields that the run's reslab did not have yet are left out)."""
+def config_differences(config: dict[str, Any], tag: Optional[str] = None) -> list[str]:
+    """The training values of ``config`` that differ from what the zoo command (of variant
+    ``tag``) gives with this code (fields that the run's reslab did not have yet are left out)."""
     from reslab.train.config import TrainConfig
 
-    expected = TrainConfig.from_recipe(ZOO_RECIPE, model=config["model"], seed=config["seed"], **ZOO_VALUES).to_dict()
+    values = {**ZOO_VALUES, **VARIANTS.get(tag, {})} if tag else ZOO_VALUES
+    expected = TrainConfig.from_recipe(ZOO_RECIPE, model=config["model"], seed=config["seed"], **values).to_dict()
     return [f"{key}={config[key]!r} (zoo: {value!r})" for key, value in expected.items()
             if key not in PLACE_FIELDS and key in config and config[key] != value]
 
@@ -129,8 +152,9 @@ def add(run: Path, data: str, weights_dir: Path, name: Optional[str] = None, sto
     from reslab.data import load_dataset
 
     config, environment, result, metrics = read_run(run)
-    name = name or config["model"]
-    differences = config_differences(config)
+    tag = variant_of(config)
+    name = name or (f"{config['model']}.{tag}" if tag else config["model"])
+    differences = config_differences(config, tag)
     if differences:
         print(f"warning: {run} was not trained with the zoo command: " + "; ".join(differences))
     weights_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +182,7 @@ def add(run: Path, data: str, weights_dir: Path, name: Optional[str] = None, sto
         "wall_seconds": round(result["wall_seconds"], 1),
         "machine": {key: environment.get(key) for key in ("device", "device_name", "cpu_count", "threads", "precision")},
         "reslab_commit": environment.get("git_commit"), "torch_version": environment.get("torch_version"),
-        "command": shlex.join(train_command(config["model"], Path(RUNS) / run.name, DATA, config["seed"])),
+        "command": shlex.join(train_command(name, Path(RUNS) / run.name, DATA, config["seed"])),
         "differs_from_command": differences,
     }
     entries = read_manifest(weights_dir)
@@ -205,7 +229,7 @@ def table_rows(entries: dict[str, dict[str, Any]]) -> list[list[str]]:
     known = [name for name in REFERENCE_ERRORS if name in entries]
     for name in known + sorted(set(entries) - set(known), key=_natural_key):
         card = entries[name]["card"]
-        paper, akamaster, chenyaofo = REFERENCE_ERRORS.get(card["model"], (None, None, None))
+        paper, akamaster, chenyaofo = REFERENCE_ERRORS.get(name, (None, None, None))  # none for a variant
         figures = card["metrics"]
         time = f"{card['train_seconds'] / 60:.0f} min, {describe_machine(card['machine'])}"
         rows.append([name, _error(paper), _error(akamaster), _error(chenyaofo),
@@ -232,7 +256,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("train", help="train (or resume) models with the zoo command")
-    p.add_argument("models", nargs="+")
+    p.add_argument("models", nargs="+", help="zoo models, or tagged variants: " +
+                   ", ".join(f"MODEL.{tag} ({', '.join(f'{k}={v}' for k, v in values.items())})"
+                             for tag, values in VARIANTS.items()))
     p.add_argument("--runs", type=Path, default=Path(RUNS), help="folder of the run folders (default: %(default)s)")
     p.add_argument("--data", default=DATA)
     p.add_argument("--seed", type=int, default=0)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 import reslab
 from reslab.checkpoint import make_card, read_checkpoint, resolve_checkpoint_path, save_model
 from reslab.errors import CheckpointError
+from reslab.models.layers import residual_blocks
 from reslab.pretrained import (CARD_FIELDS, METRIC_FIELDS, PACKAGE_WEIGHTS_DIR, WEIGHTS_DIR_ENV, measure,
                                read_manifest, sha256_of, weights_file, write_manifest)
 from reslab.train.config import TrainConfig
@@ -103,18 +104,20 @@ def test_shipped_card_has_every_field(name: str, no_env_weights) -> None:
 # The mechanism, on a weights folder of our own: an untrained ResNet-20 shipped by `add`
 
 
-def fake_run(folder: Path) -> Path:
-    """A finished run folder as `reslab train` writes it, of an untrained ResNet-20."""
+def fake_run(folder: Path, **values) -> Path:
+    """A finished run folder as `reslab train` writes it, of an untrained ResNet-20 (trained with
+    the zoo command and ``values``)."""
     folder.mkdir(parents=True)
     config = TrainConfig.from_recipe("fast", model="resnet20", data="data", out=str(folder), seed=0,
-                                     **train_zoo.ZOO_VALUES)
+                                     **{**train_zoo.ZOO_VALUES, **values})
     write_config(folder, config, {"device": "cpu", "device_name": "test CPU", "cpu_count": 2, "threads": 1,
                                   "precision": "fp32", "git_commit": "0" * 40, "torch_version": torch.__version__})
     torch.manual_seed(0)
-    model = reslab.create_model("resnet20")
+    model = reslab.create_model("resnet20", **config.model_overrides())
     card = make_card("resnet20", model, class_names=["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
                                                      "horse", "ship", "truck"],
-                     mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26), config=config.to_dict())
+                     mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26), config=config.to_dict(),
+                     overrides=config.model_overrides())
     save_model(folder / "model.safetensors", model, card)
     (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "epoch_seconds": 60.0}) + "\n")
     (folder / "result.json").write_text(json.dumps({"test_accuracy": 0.1, "wall_seconds": 70.0}))
@@ -171,6 +174,25 @@ def test_model_without_weights_is_a_one_line_error_listing_those_with(weights_di
     assert "resnet20" in str(error.value) and "\n" not in str(error.value)
     with pytest.raises(ValueError, match="drop num_classes"):
         reslab.create_model("resnet20", pretrained=True, num_classes=100)
+
+
+def test_a_tagged_variant_ships_beside_its_architecture_as_timm_names_it(weights_dir, tmp_path, tiny_cifar) -> None:
+    """`add` of a run trained with stochastic depth ships 'resnet20.sdepth'; pretrained=True
+    rebuilds it with its test-time scaling; without pretrained the tag is ignored."""
+    run = fake_run(tmp_path / "run" / "resnet20.sdepth_seed0", stochastic_depth=0.5)
+    entry = train_zoo.add(run, str(tiny_cifar), weights_dir)
+    assert entry["file"] == "resnet20.sdepth.safetensors" and entry["card"]["differs_from_command"] == []
+    assert "--stochastic-depth 0.5" in entry["card"]["command"]
+    assert reslab.list_models("resnet20*", pretrained=True) == ["resnet20", "resnet20.sdepth"]
+    tagged = reslab.create_model("ResNet20.sdepth", pretrained=True)
+    assert tagged.pretrained_cfg["name"] == "resnet20.sdepth"
+    survivals = [b.drop_path.survival for _, b in residual_blocks(tagged)]
+    assert survivals[0] < 1 and survivals[-1] == pytest.approx(0.5)
+    assert all(b.drop_path.survival == 1 for _, b in residual_blocks(reslab.create_model("resnet20", pretrained=True)))
+    assert all(b.drop_path.survival == 1 for _, b in residual_blocks(reslab.create_model("resnet20.sdepth")))
+    with pytest.raises(CheckpointError, match=r"no pretrained weights for 'resnet20.other'.*resnet20, resnet20.sdepth"):
+        reslab.create_model("resnet20.other", pretrained=True)
+    assert train_zoo.table_rows(read_manifest(weights_dir))[-1][:4] == ["resnet20.sdepth", "-", "-", "-"]
 
 
 def test_a_file_whose_hash_differs_is_refused(weights_dir) -> None:

@@ -107,10 +107,10 @@ def pretrained_names() -> list[str]:
 def pretrained_entry(name: str) -> dict[str, Any]:
     """The manifest entry of ``name`` (a registry name or alias); a one-line error listing the
     models with weights otherwise."""
-    from reslab.registry import model_info
+    from reslab.registry import pretrained_name
 
     entries = manifest()
-    key = name if name in entries else model_info(name).name
+    key = name if name in entries else pretrained_name(name)
     if key not in entries:
         have = ", ".join(pretrained_names()) or "none"
         raise CheckpointError(f"no pretrained weights for {name!r}; models with weights: {have} "

@@ -79,22 +79,39 @@ def _natural_key(name: str) -> list:
 
 def list_models(pattern: str = "*", family: Optional[str] = None, pretrained: bool = False) -> list[str]:
     """Registered model names matching a shell-style ``pattern`` (e.g. ``'resnet*'``), in
-    natural order (resnet20 before resnet110); ``pretrained=True``: only those with trained weights."""
+    natural order (resnet20 before resnet110); ``pretrained=True``: the names that have trained
+    weights, tagged ones included (``'resnet56.sdepth'``, as timm lists ``'resnet50.a1_in1k'``)."""
     _load_families()
     if pretrained:
         from reslab.pretrained import pretrained_names
 
-        with_weights = set(pretrained_names())
+        return [n for n in pretrained_names()
+                if fnmatch.fnmatchcase(n, pattern) and (family is None or model_info(n).family == family)]
     names = [n for n, info in _REGISTRY.items()
-             if fnmatch.fnmatchcase(n, pattern) and (family is None or info.family == family)
-             and (not pretrained or n in with_weights)]
+             if fnmatch.fnmatchcase(n, pattern) and (family is None or info.family == family)]
     return sorted(names, key=_natural_key)
 
 
+def split_tag(name: str) -> tuple[str, Optional[str]]:
+    """timm's ``architecture.tag`` names: ``'resnet56.sdepth'`` -> ``('resnet56', 'sdepth')``. The
+    tag names one set of trained weights of the architecture; a name without one has ``None``."""
+    architecture, _, tag = name.partition(".")
+    return architecture, tag or None
+
+
+def pretrained_name(name: str) -> str:
+    """The name under which ``name``'s weights are listed: the registered architecture (an alias
+    resolved) with the tag kept, e.g. ``'ResNet56.sdepth'`` -> ``'resnet56.sdepth'``."""
+    architecture, tag = split_tag(name)
+    registered = model_info(architecture).name
+    return f"{registered}.{tag}" if tag else registered
+
+
 def model_info(name: str) -> ModelInfo:
-    """The registry entry for ``name`` or an alias of it; a close-match error otherwise."""
+    """The registry entry for ``name`` or an alias of it (a weights tag, ``'.sdepth'``, is
+    ignored); a close-match error otherwise."""
     _load_families()
-    key = name.strip().lower().replace("-", "_")
+    key = split_tag(name.strip())[0].lower().replace("-", "_")
     key = _ALIASES.get(key, key)
     if key not in _REGISTRY:
         candidates = list(_REGISTRY) + list(_ALIASES)
@@ -108,7 +125,10 @@ def create_model(name: str, num_classes: Optional[int] = None, pretrained: bool 
     """Build a registered model.
 
     ``pretrained=True`` returns it with reslab's trained CIFAR-10 weights, in eval mode, its card
-    in ``model.pretrained_cfg`` (:mod:`reslab.pretrained`); it takes no other options.
+    in ``model.pretrained_cfg`` (:mod:`reslab.pretrained`); it takes no other options. A tag picks
+    one of several trained versions, as in timm: ``create_model("resnet56.sdepth", pretrained=True)``
+    (trained with stochastic depth, rebuilt with it); without ``pretrained`` the tag is ignored and
+    the architecture is built.
 
     ``num_classes`` defaults to the model's own (10 for CIFAR nets, 1000 for ImageNet nets).
     ``stochastic_depth=p_L`` gives every residual block the survival p_l = 1 - (l/L)(1 - p_L)
@@ -124,10 +144,11 @@ def create_model(name: str, num_classes: Optional[int] = None, pretrained: bool 
     from reslab.models.layers import set_drop_path_rate, set_stochastic_depth
 
     info = model_info(name)
+    weights_name = pretrained_name(name) if pretrained else info.name
     if any(key in overrides for key in FEATURE_OVERRIDES):
-        return _feature_extractor(info.name, num_classes, pretrained, overrides)
+        return _feature_extractor(weights_name, num_classes, pretrained, overrides)
     if pretrained and num_classes == 0:  # timm's idiom for a trained backbone: its pooled features
-        model = create_model(info.name, None, True, **overrides)
+        model = create_model(weights_name, None, True, **overrides)
         model.reset_classifier(0)
         return model
     if pretrained:
@@ -135,9 +156,9 @@ def create_model(name: str, num_classes: Optional[int] = None, pretrained: bool 
 
         if num_classes is not None or overrides:
             given = ", ".join([*(["num_classes"] if num_classes is not None else []), *overrides])
-            raise ValueError(f"pretrained=True builds {info.name} as it was trained; drop {given}, or build it "
+            raise ValueError(f"pretrained=True builds {weights_name} as it was trained; drop {given}, or build it "
                              "without pretrained=True")
-        return load_pretrained(info.name)
+        return load_pretrained(weights_name)
     accepted = info.accepted_overrides()
     for key in overrides:
         if key not in accepted:
