@@ -54,7 +54,7 @@ GALLERY = (
           claims_with="deleting"),
     Entry("lesion_k", "Deleting and reordering k blocks of ResNet-56 (Veit et al. 2016, Fig. 5)",
           "lesion/resnet56", "lesion_k.png", "lesion.json",
-          ("lesion", "resnet56", "--images", "1000", "--draws", "6"), claims_with="rises smoothly"),
+          ("lesion", "resnet56", "--images", "1000", "--draws", "20"), claims_with="rises smoothly"),
     Entry("paths", "Which path lengths carry ResNet-56's gradient (Veit et al. 2016, Fig. 6)",
           "paths/resnet56", "paths.png", "paths.json",
           ("paths", "resnet56", "--images", "16", "--samples", "3")),

@@ -634,6 +634,15 @@ def test_lesion_claims_judge_the_numbers():
     assert len(lesion_claims({**result, "deleted": _ks([8.0]), "reordered": []})) == 3  # one k: no rise to judge
     assert claims["deleting one layer of a plain network gives chance-level error"] is False
     assert claims["the error rises smoothly with the number of blocks deleted"] is False
+    # a fall of 3 points is noise when the draws spread widely: std 10 over 20 draws gives a
+    # standard error of 2.24 per mean, so two standard errors of the difference are 6.3 points
+    result["deleted"] = [{**row, "std_error_pct": 10.0} for row in _ks([8.0, 14.0, 11.0])]
+    result["draws"] = 20
+    deleted = {c["claim"]: c for c in lesion_claims(result)}["the error rises smoothly with the number of blocks deleted"]
+    assert deleted["holds"] is True and "largest fall 3.0 points (noise allows 6.3)" in deleted["reslab"]
+    result["deleted"] = [{**row, "std_error_pct": 1.0} for row in _ks([8.0, 14.0, 11.0])]
+    assert {c["claim"]: c["holds"] for c in lesion_claims(result)}[
+        "the error rises smoothly with the number of blocks deleted"] is False
 
 
 def test_responses_and_paths_claims():
