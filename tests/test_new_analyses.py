@@ -200,6 +200,21 @@ def test_curvature_claims_compare_residual_and_plain():
     assert len(result["claims"]) == 2 and all(isinstance(c["holds"], bool) for c in result["claims"])
 
 
+def test_an_unconverged_top_eigenvalue_is_a_lower_bound_in_the_claims():
+    from reslab.analysis.curvature import curvature_claims
+
+    def entry(label, residual, top, converged, trace=10.0):
+        return {"label": label, "residual": residual, "top_eigenvalues": [top], "converged": [converged],
+                "trace": trace, "trace_stderr": 1.0}
+
+    rows = curvature_claims([entry("res", True, 97.0, True), entry("plain", False, 410.0, False, trace=20.0)])
+    assert rows[0]["holds"] is True and "plain 410 (not converged: at least this)" in rows[0]["reslab"]
+    assert rows[1]["holds"] is True and "not converged" not in rows[1]["reslab"]  # the trace has no such bound
+    # a residual net's unconverged value may be too small: the comparison cannot be judged
+    rows = curvature_claims([entry("res", True, 97.0, False), entry("plain", False, 410.0, True)])
+    assert rows[0]["holds"] is None
+
+
 # ------------------------------------------------------------------------------------------
 # Layer similarity (CKA)
 
