@@ -74,11 +74,9 @@ GALLERY = (
           "curvature/resnet56-plain56", "curvature.png", "curvature.json",
           ("curvature", "resnet56", "plain56", "--images", "200")),
     Entry("sdepth", "Stochastic depth: the gradient reaching the first block (Huang et al. 2016, Fig. 8)",
-          "stochastic-depth/fast", "sdepth.png", "sdepth.json",
-          ("sdepth", "--model", "resnet56", "--recipe", "fast", "--epochs", "6", "--train-subset", "10000",
-           "--eval-interval", "1", "--set", "tta_flip=False", "--set", "alternating_flip=False", "--set", "tta_translate=0",
-           "--set", "small_crop=0", "--set", "small_crop_part=0", "--set", "compile=False", "--set", "moment_bn=False",
-           "--set", "precision=bf16")),
+          "stochastic-depth/steps", "sdepth.png", "sdepth.json",
+          ("sdepth", "--model", "resnet56", "--recipe", "stochastic-depth", "--epochs", "16", "--train-subset", "10000",
+           "--eval-interval", "1", "--eval-subset", "2000", "--set", "warmup=0.05")),
 )
 
 NEEDS_DATA = {"lesion", "paths", "responses", "landscape", "similarity", "curvature", "sdepth"}
