@@ -641,6 +641,19 @@ def test_compile_is_skipped_for_short_runs_and_without_a_cxx_compiler(monkeypatc
     assert same is eager and type(eager[1]) is torch.nn.BatchNorm2d and "--moment-bn has no effect" in note
 
 
+def test_compile_is_skipped_when_blocks_are_dropped_per_batch():
+    """Per-batch stochastic depth draws in Python which branches run: compiled, it ran at half the
+    eager speed, so the trainer trains eagerly and says why; per-sample drops still compile."""
+    config = TrainConfig(compile=True, compile_min_iterations=1)
+    dropping = create_model("resnet20", stochastic_depth=0.5)
+    same, note = trainer._maybe_compile(dropping, config, 100)
+    assert same is dropping and "per-batch stochastic depth" in note and "training eagerly" in note
+    per_sample = create_model("resnet20", drop_path_rate=0.1)
+    compiled, note = trainer._maybe_compile(per_sample, config, 100)
+    assert compiled is not per_sample and note.startswith("compile: torch.compile")
+    assert not trainer.drops_blocks_per_batch(create_model("resnet20"))
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_freed_memory_stops_the_page_faults_of_repeated_large_buffers():
     """Run in a fresh interpreter: the setting is process-wide and cannot be undone. The interpreter

@@ -605,6 +605,12 @@ def _maybe_compile(model: nn.Module, config: TrainConfig, iterations_left: int) 
     if iterations_left < config.compile_min_iterations:
         return model, (f"compile: skipped, {iterations_left} iterations to go is less than "
                        f"--compile-min-iterations {config.compile_min_iterations}")
+    if drops_blocks_per_batch(model):
+        # each block draws in Python whether its branch runs, which the graph cannot hold: dynamo
+        # breaks the graph at every block and recompiles per survival value, and the fallback ran
+        # at 0.52x eager speed (ResNet-56, p_L 0.5, 1 thread: experiments/stochastic-depth)
+        return model, ("compile: skipped, per-batch stochastic depth decides in Python which blocks run, which "
+                       "torch.compile cannot trace (it ran at half the eager speed); training eagerly")
     compiler = os.environ.get("CXX") or next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
     if next(model.parameters()).device.type == "cpu" and not compiler:
         return model, "compile: skipped, no C++ compiler found (install g++ or set CXX); training eagerly"
@@ -614,6 +620,15 @@ def _maybe_compile(model: nn.Module, config: TrainConfig, iterations_left: int) 
     # dynamic=False: each input size (the --small-crop epochs, then full size) gets its own
     # static kernels; by default the second size would recompile for symbolic shapes.
     return torch.compile(model, dynamic=False), note
+
+
+def drops_blocks_per_batch(model: nn.Module) -> bool:
+    """Whether some residual block of ``model`` drops its whole branch for a mini-batch
+    (stochastic depth in Huang et al.'s per-batch mode), a decision taken in Python each step."""
+    from reslab.models.layers import residual_blocks
+
+    return any(block.drop_path.mode == "batch" and block.drop_path.survival < 1
+               for _, block in residual_blocks(model))
 
 
 def _seed_everything(seed: int) -> None:
