@@ -45,7 +45,8 @@ class Entry:
 GALLERY = (
     Entry("degradation", "Degradation: plain vs residual nets over their whole training (He et al. 2015, Fig. 6)",
           "degradation/zoo", "degradation.png", "degradation.json",
-          ("degradation", "--runs", "experiments/cifar-zoo/plain20_seed0", "experiments/cifar-zoo/plain56_seed0",
+          ("degradation", "--runs", "experiments/cifar-zoo/plain20_seed0", "experiments/cifar-zoo/plain32_seed0",
+           "experiments/cifar-zoo/plain56_seed0",
            "experiments/cifar-zoo/resnet20_seed0", "experiments/cifar-zoo/resnet32_seed0",
            "experiments/cifar-zoo/resnet44_seed0", "experiments/cifar-zoo/resnet56_seed0", "--smooth", "1")),
     Entry("lesion", "Deleting one block of ResNet-56 and of plain-56 (Veit et al. 2016, Fig. 3)",
