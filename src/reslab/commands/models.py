@@ -38,17 +38,14 @@ def run(args: argparse.Namespace) -> int:
 def _run_pretrained(args: argparse.Namespace) -> int:
     import json
 
-    import fnmatch
-
     from reslab.pretrained import format_card, format_pretrained_rows, pretrained_cfg, pretrained_names
-    from reslab.registry import model_info
+    from reslab.registry import list_models
 
     if not any(ch in args.pattern for ch in "*?["):  # a name: its card
         cfg = pretrained_cfg(args.pattern)
         print(json.dumps(cfg, indent=1) if args.format == "json" else format_card(cfg))
         return 0
-    names = [n for n in pretrained_names() if fnmatch.fnmatchcase(n, args.pattern)
-             and (args.family is None or model_info(pretrained_cfg(n)["model"]).family == args.family)]
+    names = list_models(args.pattern, args.family, pretrained=True)
     if not names:
         have = ", ".join(pretrained_names()) or "none"
         raise ValueError(f"no model with trained weights matches {args.pattern!r}; models with weights: {have}")
