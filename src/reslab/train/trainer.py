@@ -608,7 +608,7 @@ def _maybe_compile(model: nn.Module, config: TrainConfig, iterations_left: int) 
     if drops_blocks_per_batch(model):
         # each block draws in Python whether its branch runs, which the graph cannot hold: dynamo
         # breaks the graph at every block and recompiles per survival value, and the fallback ran
-        # at 0.52x eager speed (ResNet-56, p_L 0.5, 1 thread: experiments/stochastic-depth)
+        # at 0.41-0.52x eager speed (ResNet-56, p_L 0.5, 1 thread: experiments/stochastic-depth)
         return model, ("compile: skipped, per-batch stochastic depth decides in Python which blocks run, which "
                        "torch.compile cannot trace (it ran at half the eager speed); training eagerly")
     compiler = os.environ.get("CXX") or next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
