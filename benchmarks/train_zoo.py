@@ -2,6 +2,7 @@
 
     python benchmarks/train_zoo.py train resnet20 plain20     # `reslab train` with the zoo command; resumes a stopped run
     python benchmarks/train_zoo.py train resnet56.sdepth      # the same with stochastic depth, p_L = 0.5 (VARIANTS)
+    python benchmarks/train_zoo.py train resnet32 --epochs 100  # the same recipe run longer: runs/zoo/resnet32_e100_seed0
     python benchmarks/train_zoo.py add runs/zoo/resnet20_seed0  # final weights -> src/reslab/weights, measured, with its card
     python benchmarks/train_zoo.py verify                       # re-measure every shipped model on the full test set
     python benchmarks/train_zoo.py table                        # the README's reproduction table, from the manifest
@@ -36,8 +37,9 @@ DATA = "../shared/datasets/cifar10"
 RUNS = "runs/zoo"
 # The zoo's training command: the fast recipe for 50 epochs, the test set evaluated after every
 # epoch (single view) so the curve is in metrics.jsonl; the same for every model of the family.
-ZOO_FLAGS = ("--recipe", "fast", "--epochs", "50", "--eval-interval", "1", "--no-tta-flip", "--tta-translate", "0")
-ZOO_RECIPE, ZOO_VALUES = "fast", dict(epochs=50.0, eval_interval=1, tta_flip=False, tta_translate=0)
+ZOO_EPOCHS = 50
+ZOO_FLAGS = ("--recipe", "fast", "--eval-interval", "1", "--no-tta-flip", "--tta-translate", "0")
+ZOO_RECIPE, ZOO_VALUES = "fast", dict(epochs=float(ZOO_EPOCHS), eval_interval=1, tta_flip=False, tta_translate=0)
 # Config fields that say where and how verbosely a run ran, not what it trained; and the recipe's
 # name, whose values are compared one by one (`--recipe zoo` is this command under one name).
 PLACE_FIELDS = {"out", "data", "progress", "cache_dir", "download", "tensorboard", "device", "threads", "log_interval",
@@ -76,27 +78,38 @@ def variant_of(config: dict[str, Any]) -> Optional[str]:
     return next((tag for tag, values in VARIANTS.items() if all(config.get(k) == v for k, v in values.items())), None)
 
 
-def train_command(name: str, out: Path, data: str = DATA, seed: int = 0) -> list[str]:
-    """The `reslab train` command line that trains ``name`` (a model, or a tagged variant) for the zoo."""
+def train_command(name: str, out: Path, data: str = DATA, seed: int = 0, epochs: float = ZOO_EPOCHS) -> list[str]:
+    """The `reslab train` command line that trains ``name`` (a model, or a tagged variant) for the zoo,
+    for ``epochs`` epochs (the schedule keeps its shape: warm-up, small crops and decay scale with it)."""
     model, values = split_variant(name)
     flags = [part for key, value in values.items() for part in (f"--{key.replace('_', '-')}", str(value))]
-    return ["reslab", "train", model, "--data", data, "--out", str(out), *ZOO_FLAGS, *flags, "--seed", str(seed)]
+    return ["reslab", "train", model, "--data", data, "--out", str(out), *ZOO_FLAGS[:2], "--epochs", f"{epochs:g}",
+            *ZOO_FLAGS[2:], *flags, "--seed", str(seed)]
+
+
+def run_folder(runs: Path, name: str, seed: int, epochs: float = ZOO_EPOCHS) -> Path:
+    """``runs/resnet32_seed0`` for the zoo's 50 epochs, ``runs/resnet32_e100_seed0`` for another length."""
+    length = "" if epochs == ZOO_EPOCHS else f"_e{epochs:g}"
+    return runs / f"{name}{length}_seed{seed}"
 
 
 # ------------------------------------------------------------------------------------------
 # train
 
 
-def train(models: list[str], runs: Path, data: str, seed: int, dry_run: bool = False) -> int:
-    """Train each model into ``runs/<model>_seed<seed>``; a folder with a checkpoint is resumed,
-    a finished one skipped."""
+def train(models: list[str], runs: Path, data: str, seed: int, dry_run: bool = False,
+          epochs: float = ZOO_EPOCHS) -> int:
+    """Train each model into ``run_folder(runs, model, seed, epochs)``; a folder with a checkpoint
+    is resumed, a finished one skipped."""
+    if epochs <= 0:
+        raise ReslabError(f"--epochs must be positive, got {epochs:g}")
     for model in models:
-        out = runs / f"{model}_seed{seed}"
+        out = run_folder(runs, model, seed, epochs)
         if (out / "result.json").is_file():
             print(f"{out}: finished; skipped")
             continue
         command = (["reslab", "train", "--resume", str(out)] if (out / "checkpoint.pt").is_file()
-                   else train_command(model, out, data, seed))
+                   else train_command(model, out, data, seed, epochs))
         print("$ " + shlex.join(command), flush=True)
         if not dry_run:
             status = subprocess.call([sys.executable, "-m", "reslab", *command[1:]])
@@ -123,10 +136,12 @@ def read_run(run: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any],
 
 def config_differences(config: dict[str, Any], tag: Optional[str] = None) -> list[str]:
     """The training values of ``config`` that differ from what the zoo command (of variant
-    ``tag``) gives with this code (fields that the run's reslab did not have yet are left out)."""
+    ``tag``, for the run's number of epochs) gives with this code (fields that the run's reslab did
+    not have yet are left out)."""
     from reslab.train.config import TrainConfig
 
-    values = {**ZOO_VALUES, **VARIANTS.get(tag, {})} if tag else ZOO_VALUES
+    values = {**ZOO_VALUES, **VARIANTS.get(tag, {})} if tag else dict(ZOO_VALUES)
+    values["epochs"] = config.get("epochs", values["epochs"])
     expected = TrainConfig.from_recipe(ZOO_RECIPE, model=config["model"], seed=config["seed"], **values).to_dict()
     return [f"{key}={config[key]!r} (zoo: {value!r})" for key, value in expected.items()
             if key not in PLACE_FIELDS and key in config and config[key] != value]
@@ -182,7 +197,8 @@ def add(run: Path, data: str, weights_dir: Path, name: Optional[str] = None, sto
         "wall_seconds": round(result["wall_seconds"], 1),
         "machine": {key: environment.get(key) for key in ("device", "device_name", "cpu_count", "threads", "precision")},
         "reslab_commit": environment.get("git_commit"), "torch_version": environment.get("torch_version"),
-        "command": shlex.join(train_command(name, Path(RUNS) / run.name, DATA, config["seed"])),
+        "command": shlex.join(train_command(name, run_folder(Path(RUNS), name, config["seed"], config["epochs"]), DATA,
+                                            config["seed"], config["epochs"])),
         "differs_from_command": differences,
     }
     entries = read_manifest(weights_dir)
@@ -262,6 +278,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--runs", type=Path, default=Path(RUNS), help="folder of the run folders (default: %(default)s)")
     p.add_argument("--data", default=DATA)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=float, default=ZOO_EPOCHS,
+                   help="length of the zoo recipe (default %(default)s); another length trains into MODEL_eN_seedS")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p = commands.add_parser("add", help="ship a finished run's final weights with a measured card")
     p.add_argument("run", type=Path)
@@ -280,7 +298,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
-            return train(args.models, args.runs, args.data, args.seed, args.dry_run)
+            return train(args.models, args.runs, args.data, args.seed, args.dry_run, args.epochs)
         if args.command == "add":
             add(args.run, args.data, args.weights_dir, args.name, args.storage, args.url)
             return 0

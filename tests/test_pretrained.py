@@ -336,7 +336,22 @@ def test_the_zoo_recipe_is_the_command_in_the_cards() -> None:
     differs is named."""
     zoo = TrainConfig.from_recipe("zoo", model="resnet56", seed=0).to_dict()
     assert train_zoo.config_differences(zoo) == []
-    assert train_zoo.config_differences({**zoo, "epochs": 25.0}) == ["epochs=25.0 (zoo: 50.0)"]
+    assert train_zoo.config_differences({**zoo, "lr": 0.1}) == ["lr=0.1 (zoo: 0.15)"]
+
+
+def test_a_longer_zoo_run_is_the_same_command_with_its_epochs(tmp_path, tiny_cifar) -> None:
+    """`train MODEL --epochs 100` runs the zoo command for 100 epochs in its own folder; `add`
+    ships it under the model's name with that command in the card and no difference flagged."""
+    assert train_zoo.run_folder(Path("runs"), "resnet32", 0) == Path("runs/resnet32_seed0")
+    assert train_zoo.run_folder(Path("runs"), "resnet32", 0, 100) == Path("runs/resnet32_e100_seed0")
+    command = train_zoo.train_command("resnet32", Path("out"), "data", 0, 100)
+    assert command[command.index("--epochs") + 1] == "100" and command.count("--epochs") == 1
+    run = fake_run(tmp_path / "run" / "resnet20_e100_seed0", epochs=100.0)
+    entry = train_zoo.add(run, str(tiny_cifar), tmp_path / "weights")
+    assert entry["card"]["epochs"] == 100.0 and entry["card"]["differs_from_command"] == []
+    assert "--epochs 100 " in entry["card"]["command"] and "resnet20_e100_seed0" in entry["card"]["command"]
+    assert train_zoo.config_differences({**TrainConfig.from_recipe("zoo", model="resnet20", seed=0).to_dict(),
+                                         "epochs": 100.0, "lr": 0.1}) == ["lr=0.1 (zoo: 0.15)"]
 
 
 def test_reproduction_table_shows_published_and_reslab_errors(weights_dir) -> None:
