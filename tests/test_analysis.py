@@ -6,6 +6,7 @@ answers predictable; labels are the unlesioned model's own predictions, so its e
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -737,3 +738,32 @@ def test_gallery_gathers_figures_and_claims(tmp_path):
     assert "| [shattered](../shattered/) | plain / shatters | Fig. 1 | 0.01 | yes |" in page
     assert "| residual stays | Fig. 2 | 0.9 | **no** |" in snippet and "![shattered](" in snippet
     assert "Not gathered: degradation" in page and (out / "README.md").read_text() == page
+
+
+def _lesion_record(errors_by_k: dict[int, list[float]], baseline: float = 6.0) -> dict:
+    rows = [{"k": k, "draws": len(e), "mean_error_pct": sum(e) / len(e), "std_error_pct": 1.0, "errors_pct": e}
+            for k, e in errors_by_k.items()]
+    return {"num_images": 1000, "seed": 0, "draws": 4, "split": "test", "deletion_candidates": "same-shape",
+            "checkpoint": "net", "single": {"baseline_error_pct": baseline, "chance_error_pct": 90.0},
+            "deleted": rows, "reordered": rows}
+
+
+def test_lesion_comparison_pairs_draws_and_judges_robustness() -> None:
+    """experiments/lesion/compare.py (Veit et al. sec. 6): the claim holds only when the second
+    net's error is lower beyond two paired standard errors at large k."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "lesion" / "compare.py"
+    spec = importlib.util.spec_from_file_location("lesion_compare", path)
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    first = _lesion_record({1: [7, 8, 7, 8], 2: [20, 30, 25, 35], 3: [40, 50, 45, 60], 4: [60, 70, 65, 80]})
+    robust = _lesion_record({1: [7, 8, 8, 8], 2: [12, 20, 16, 22], 3: [25, 36, 30, 40], 4: [40, 48, 44, 60]})
+    rows = compare.paired_rows(first, robust)
+    assert [r["difference_pct"] for r in rows] == [0.25, -10.0, -16.0, -20.75]
+    assert compare.robustness_claim(rows, ("a", "b"))["holds"]
+    assert not compare.robustness_claim(compare.paired_rows(first, first), ("a", "a"))["holds"]
+    noisy = _lesion_record({1: [7, 8, 7, 8], 2: [20, 30, 25, 35], 3: [30, 60, 35, 60], 4: [40, 90, 45, 90]})
+    assert not compare.robustness_claim(compare.paired_rows(first, noisy), ("a", "b"))["holds"]
+    with pytest.raises(ValueError, match="draws"):
+        compare.paired_rows(first, _lesion_record({1: [7, 8], 2: [1, 2], 3: [1, 2], 4: [1, 2]}))
