@@ -38,9 +38,9 @@ DATA = "../shared/datasets/cifar10"
 RUNS = "runs/zoo"
 # The zoo's training command: the fast recipe for 50 epochs, the test set evaluated after every
 # epoch (single view) so the curve is in metrics.jsonl; the same for every model of the family.
-ZOO_EPOCHS = 50
-ZOO_FLAGS = ("--recipe", "fast", "--eval-interval", "1", "--no-tta-flip", "--tta-translate", "0")
-ZOO_RECIPE, ZOO_VALUES = "fast", dict(epochs=float(ZOO_EPOCHS), eval_interval=1, tta_flip=False, tta_translate=0)
+ZOO_RECIPE, ZOO_EPOCHS = "fast", 50
+ZOO_EVAL_FLAGS = ("--eval-interval", "1", "--no-tta-flip", "--tta-translate", "0")
+ZOO_VALUES = dict(epochs=float(ZOO_EPOCHS), eval_interval=1, tta_flip=False, tta_translate=0)
 # Config fields that say where and how verbosely a run ran, not what it trained; and the recipe's
 # name, whose values are compared one by one (`--recipe zoo` is this command under one name).
 PLACE_FIELDS = {"out", "data", "progress", "cache_dir", "download", "tensorboard", "device", "threads", "log_interval",
@@ -84,8 +84,8 @@ def train_command(name: str, out: Path, data: str = DATA, seed: int = 0, epochs:
     for ``epochs`` epochs (the schedule keeps its shape: warm-up, small crops and decay scale with it)."""
     model, values = split_variant(name)
     flags = [part for key, value in values.items() for part in (f"--{key.replace('_', '-')}", str(value))]
-    return ["reslab", "train", model, "--data", data, "--out", str(out), *ZOO_FLAGS[:2], "--epochs", f"{epochs:g}",
-            *ZOO_FLAGS[2:], *flags, "--seed", str(seed)]
+    return ["reslab", "train", model, "--data", data, "--out", str(out), "--recipe", ZOO_RECIPE, "--epochs", f"{epochs:g}",
+            *ZOO_EVAL_FLAGS, *flags, "--seed", str(seed)]
 
 
 def run_folder(runs: Path, name: str, seed: int, epochs: float = ZOO_EPOCHS) -> Path:

@@ -96,17 +96,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     labels = tuple(args.labels or (Path(first["checkpoint"]).name, Path(second["checkpoint"]).name))
     print(f"baseline error: {first['single']['baseline_error_pct']:.2f}% ({labels[0]}), "
           f"{second['single']['baseline_error_pct']:.2f}% ({labels[1]}) on {first['num_images']} images")
-    for key in ("deleted", "reordered"):
+    rows = {key: paired_rows(first, second, key) for key in ("deleted", "reordered")}
+    for key, key_rows in rows.items():
         print(f"\n{key}: mean error % over {first['draws']} paired draws")
         print(f"{'k':>3} {labels[0]:>18} {labels[1]:>18} {'difference':>12} {'+- 2 SE':>8}")
-        for row in paired_rows(first, second, key):
+        for row in key_rows:
             print(f"{row['k']:>3} {row['first_pct']:>18.1f} {row['second_pct']:>18.1f} "
                   f"{row['difference_pct']:>+12.1f} {2 * row['difference_se_pct']:>8.1f}")
-    claim = robustness_claim(paired_rows(first, second), labels)
+    claim = robustness_claim(rows["deleted"], labels)
     print(f"\nclaim: {claim['claim']}: {'holds' if claim['holds'] else 'does not hold'} ({claim['reslab']})")
     if args.out:
         plot(first, second, labels, args.out)
-        rows = {key: paired_rows(first, second, key) for key in ("deleted", "reordered")}
         record = {"first": str(args.first), "second": str(args.second), "labels": list(labels), **rows,
                   "claims": [claim]}
         args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
