@@ -55,12 +55,13 @@ VARIANTS: dict[str, dict[str, Any]] = {"sdepth": {"stochastic_depth": 0.5}}
 # (/work/shared/reference/papers.md). He et al. 2015 Table 6 (ResNet-110: best of 5, mean 6.61);
 # akamaster/pytorch_resnet_cifar10 (option A, 200 epochs); chenyaofo/pytorch-cifar-models
 # (option B-style shortcuts, 200 epochs, 100 - its top-1 accuracy). The paper has no table for the
-# plain nets (Fig. 6, curves only).
+# plain nets (Fig. 6, curves only). preact_resnet110's paper figure is He et al. 2016 (Identity
+# Mappings, C10+, median of 5 runs).
 REFERENCE_ERRORS: dict[str, tuple[Optional[float], Optional[float], Optional[float]]] = {
     "resnet20": (8.75, 8.27, 7.40), "resnet32": (7.51, 7.37, 6.47), "resnet44": (7.17, 6.90, 5.99),
     "resnet56": (6.97, 6.61, 5.63), "resnet110": (6.43, 6.32, None),
     "plain20": (None, None, None), "plain32": (None, None, None), "plain44": (None, None, None),
-    "plain56": (None, None, None),
+    "plain56": (None, None, None), "preact_resnet110": (6.37, None, None),
 }
 
 
