@@ -11,8 +11,8 @@ Every reslab figure of the table comes from the manifest, which ``add`` writes b
 stored file (float16 weights by default) on the full 10,000-image test set, single view and with
 flips, in float32 with BN folded; ``verify`` evaluates the shipped files again and compares. The
 shipped weights are the final epoch of seed 0, trained on all 50,000 training images; the recipe
-and its length (50 epochs; 100 for ResNet-32, retrained after its 50-epoch run fell short of the
-paper) were chosen on the 45k/5k split (``--val 5000``), never on the test set.
+and its length (50 epochs; 100 for ResNet-32 and ResNet-44, retrained after their 50-epoch runs fell
+short of the paper) were chosen on the 45k/5k split (``--val 5000``), never on the test set.
 """
 
 from __future__ import annotations
