@@ -33,14 +33,17 @@ from reslab.errors import ReslabError
 from reslab.pretrained import (PACKAGE_WEIGHTS_DIR, describe_machine, load_pretrained, manifest, measure,
                                pretrained_names, read_manifest, sha256_of, write_manifest)
 from reslab.registry import _natural_key
+from reslab.train.config import RECIPES
 
 DATA = "../shared/datasets/cifar10"
 RUNS = "runs/zoo"
 # The zoo's training command: the fast recipe for 50 epochs, the test set evaluated after every
 # epoch (single view) so the curve is in metrics.jsonl; the same for every model of the family.
-ZOO_RECIPE, ZOO_EPOCHS = "fast", 50
+# Its values are reslab's `zoo` recipe (`--recipe zoo`), read from there, and written out as flags.
+ZOO_RECIPE = "fast"
+ZOO_VALUES = {key: value for key, value in RECIPES["zoo"].items() if RECIPES[ZOO_RECIPE].get(key) != value}
+ZOO_EPOCHS = ZOO_VALUES["epochs"]
 ZOO_EVAL_FLAGS = ("--eval-interval", "1", "--no-tta-flip", "--tta-translate", "0")
-ZOO_VALUES = dict(epochs=float(ZOO_EPOCHS), eval_interval=1, tta_flip=False, tta_translate=0)
 # Config fields that say where and how verbosely a run ran, not what it trained; and the recipe's
 # name, whose values are compared one by one (`--recipe zoo` is this command under one name).
 PLACE_FIELDS = {"out", "data", "progress", "cache_dir", "download", "tensorboard", "device", "threads", "log_interval",

@@ -339,6 +339,22 @@ def test_the_zoo_recipe_is_the_command_in_the_cards() -> None:
     assert train_zoo.config_differences({**zoo, "lr": 0.1}) == ["lr=0.1 (zoo: 0.15)"]
 
 
+def test_the_zoo_command_line_trains_the_zoo_recipe() -> None:
+    """The flags `train_zoo.py train` writes into the command (and the cards) give the values of
+    reslab's `zoo` recipe, from which the script reads what a run is checked against."""
+    from dataclasses import fields
+
+    from reslab.cli import build_parser
+
+    args = build_parser().parse_args(train_zoo.train_command("resnet20", Path("out"), "data", 0)[1:])
+    names = {f.name for f in fields(TrainConfig)}
+    given = {key: value for key, value in vars(args).items() if key in names and value is not None}
+    from_flags = TrainConfig.from_recipe(args.recipe, **given).to_dict()
+    zoo = TrainConfig.from_recipe("zoo", model="resnet20", data="data", out="out", seed=0).to_dict()
+    assert (from_flags.pop("recipe"), zoo.pop("recipe")) == ("fast", "zoo")  # the name alone differs
+    assert from_flags == zoo
+
+
 def test_a_longer_zoo_run_is_the_same_command_with_its_epochs(tmp_path, tiny_cifar) -> None:
     """`train MODEL --epochs 100` runs the zoo command for 100 epochs in its own folder; `add`
     ships it under the model's name with that command in the card and no difference flagged."""
